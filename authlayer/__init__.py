@@ -1,0 +1,60 @@
+"""authlayer: Entra ID tokens for ``requests`` and ``httpx``, from a named profile.
+
+>>> import requests
+>>> from authlayer import EntraAuth
+>>> session = requests.Session()
+>>> session.auth = EntraAuth("prod-graph")
+
+Names are imported lazily, so ``import authlayer`` pays only for what a script uses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccessToken",
+    "AuthLayerError",
+    "ConfigError",
+    "EntraAuth",
+    "TokenError",
+    "__version__",
+    "credential",
+    "get_token",
+    "get_token_async",
+]
+
+if TYPE_CHECKING:
+    from .auth import EntraAuth
+    from .credential import credential
+    from .errors import AuthLayerError, ConfigError, TokenError
+    from .provider import get_token, get_token_async
+    from .token import AccessToken
+
+_LAZY = {
+    "AccessToken": "token",
+    "AuthLayerError": "errors",
+    "ConfigError": "errors",
+    "TokenError": "errors",
+    "EntraAuth": "auth",
+    "get_token": "provider",
+    "get_token_async": "provider",
+    "credential": "credential",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'authlayer' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

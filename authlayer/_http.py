@@ -1,0 +1,475 @@
+"""The one place that talks to the identity service.
+
+Three layers, from pure to I/O:
+
+1. Values and actions: :class:`HttpRequest`, :class:`HttpResponse`, and the actions a flow yields
+   (:class:`Send`, :class:`Sleep`, :class:`Call`).
+2. Sans-I/O protocol code: :func:`send` (bounded retries of 429, 5xx and dropped connections,
+   honouring ``Retry-After``; no retry of other 4xx) and :func:`token_response` (an answer
+   becomes a :class:`~authlayer.token.TokenResult` or a :class:`~authlayer.errors.TokenError`,
+   never a ``KeyError`` or ``JSONDecodeError``).
+3. Two thin drivers, :func:`run_sync` and :func:`run_async`, that carry out the actions with
+   ``httpx.Client`` / ``httpx.AsyncClient``. They honour ``HTTPS_PROXY``/``NO_PROXY`` (httpx's
+   ``trust_env``) and the CA-bundle variables ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``,
+   ``SSL_CERT_DIR`` and ``CURL_CA_BUNDLE``.
+
+Nothing else in authlayer sends HTTP to Entra or to a managed identity endpoint.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import random
+import re
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, TypeVar, Union
+from urllib.parse import urlsplit
+
+from . import __version__
+from .errors import TokenError, redact
+from .token import TokenResult
+
+__all__ = [
+    "Action",
+    "Call",
+    "ConnectionFailed",
+    "HttpRequest",
+    "HttpResponse",
+    "Sleep",
+    "run_async",
+    "run_sync",
+    "send",
+    "token_response",
+]
+
+log = logging.getLogger("authlayer")
+
+T = TypeVar("T")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 4
+BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with jitter
+MAX_RETRY_AFTER = 60.0  # a longer Retry-After is not waited for: the answer goes to the caller
+REFRESH_MARGIN = 300  # refresh five minutes before expiry
+USER_AGENT = f"authlayer/{__version__}"
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One request to the identity service (or a managed identity endpoint).
+
+    ``form`` is sent as ``application/x-www-form-urlencoded``. ``what`` names the request in
+    errors and logs ("token request", "device code request", ...).
+    """
+
+    method: str
+    url: str
+    form: Optional[Mapping[str, str]] = field(default=None, repr=False)
+    params: Optional[Mapping[str, str]] = None
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    timeout: float = 30.0
+    retry_statuses: frozenset[int] = RETRY_STATUSES
+    max_attempts: int = MAX_ATTEMPTS
+    max_retry_after: float = MAX_RETRY_AFTER
+    what: str = "token request"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """An answer: status, headers (names lower-cased) and the body's bytes."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes = field(repr=False)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+    def json_object(self) -> Optional[dict[str, Any]]:
+        """The body as a JSON object, or ``None`` when it is anything else."""
+        try:
+            value = json.loads(self.content.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class ConnectionFailed:
+    """What the driver sends back when no answer came (refused, reset, timed out)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Send:
+    """Action: make one HTTP attempt. Answered with :class:`HttpResponse` or
+    :class:`ConnectionFailed`."""
+
+    request: HttpRequest
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Action: wait ``seconds`` (without blocking an event loop). Answered with ``None``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Call:
+    """Action: run a blocking function (in a worker thread under async). Answered with its
+    result; its exception is thrown into the flow."""
+
+    fn: Callable[[], Any]
+
+
+Action = Union[Send, Sleep, Call]
+Flow = Generator[Action, Any, T]
+
+
+# --------------------------------------------------------------------------- retry policy
+
+
+def _retry_after(response: HttpResponse) -> Optional[float]:
+    value = response.headers.get("retry-after") or response.headers.get("x-ms-retry-after-ms")
+    if not value:
+        return None
+    if "x-ms-retry-after-ms" in response.headers and "retry-after" not in response.headers:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt + 1`` when the service gave no Retry-After."""
+    return float(BACKOFF_BASE * (2 ** (attempt - 1)) * random.uniform(0.75, 1.25))  # noqa: S311
+
+
+def send(request: HttpRequest, *, profile: Optional[str] = None) -> Flow[HttpResponse]:
+    """Send ``request`` with bounded retries; return the final answer.
+
+    429 and the 5xx in ``request.retry_statuses`` and dropped connections are retried up to
+    ``request.max_attempts`` attempts in all, waiting ``Retry-After`` when given (up to
+    ``request.max_retry_after``) or an exponential backoff. Other answers return at once. When no
+    attempt got an answer, raises :class:`TokenError`.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        result = yield Send(request)
+        if isinstance(result, ConnectionFailed):
+            if attempt >= request.max_attempts:
+                raise TokenError(
+                    f"{request.what} to {request.host} failed after {attempt} attempts: "
+                    f"{result.reason}",
+                    profile=profile,
+                    error="connection_failed",
+                )
+            delay = backoff(attempt)
+            log.info("%s to %s: %s; retrying in %.1f s", request.what, request.host,
+                     result.reason, delay)
+            yield Sleep(delay)
+            continue
+        if result.status not in request.retry_statuses or attempt >= request.max_attempts:
+            return result  # type: ignore[no-any-return]
+        wait = _retry_after(result)
+        if wait is None:
+            wait = backoff(attempt)
+        elif wait > request.max_retry_after:
+            return result  # type: ignore[no-any-return]
+        log.info("%s to %s: HTTP %d; retrying in %.1f s", request.what, request.host,
+                 result.status, wait)
+        yield Sleep(wait)
+
+
+# --------------------------------------------------------------------------- answers
+
+_AADSTS_RE = re.compile(r"AADSTS(\d+)")
+_CORRELATION_RE = re.compile(r"Correlation ID:\s*([0-9a-fA-F-]{36})")
+
+
+def _number(value: Any) -> Optional[int]:
+    """Entra sends numbers, or numbers as strings; anything else is ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(float(value.strip()))
+        except ValueError:
+            return None
+    return None
+
+
+def error_from_response(
+    response: HttpResponse, *, profile: Optional[str], what: str = "token request"
+) -> TokenError:
+    """The :class:`TokenError` for an answer that is not a success."""
+    body = response.json_object()
+    if body is None or not isinstance(body.get("error"), str):
+        kind = response.content_type or "no content type"
+        message = f"{what} failed: HTTP {response.status}"
+        if response.status == 429:
+            message += " (throttled)"
+            wait = _retry_after(response)
+            hint = f"throttled by the service: try again in {wait:.0f} s" if wait else None
+            return TokenError(message, profile=profile, status=response.status,
+                              error="throttled", hint=hint)
+        if body is None:
+            message += f" with an unreadable answer ({kind}, {len(response.content)} bytes)"
+        return TokenError(message, profile=profile, status=response.status)
+    description = body.get("error_description")
+    description = description if isinstance(description, str) else ""
+    first_line = description.split("\r\n", 1)[0].split("\n", 1)[0].strip()
+    codes_raw = body.get("error_codes")
+    codes: list[int] = []
+    if isinstance(codes_raw, list):
+        codes = [c for c in (_number(x) for x in codes_raw) if c is not None]
+    if not codes:
+        codes = [int(m) for m in _AADSTS_RE.findall(first_line)[:1]]
+    correlation = body.get("correlation_id")
+    if not isinstance(correlation, str):
+        found = _CORRELATION_RE.search(description)
+        correlation = found.group(1) if found else None
+    suberror = body.get("suberror")
+    claims = body.get("claims")
+    return TokenError(
+        profile=profile,
+        error=str(body["error"]),
+        error_codes=codes,
+        description=first_line or None,
+        correlation_id=correlation,
+        status=response.status,
+        suberror=suberror if isinstance(suberror, str) else None,
+        claims=claims if isinstance(claims, str) else None,
+    )
+
+
+def refresh_time(now: float, expires_on: int, refresh_in: Optional[int] = None) -> int:
+    """When to refresh: at ``refresh_in`` when the service says, else five minutes before
+    expiry, and never later than half-way for tokens that live under ten minutes."""
+    lifetime = expires_on - now
+    if refresh_in is not None and 0 < refresh_in < lifetime:
+        return int(now + refresh_in)
+    if lifetime <= 2 * REFRESH_MARGIN:
+        return int(now + lifetime / 2)
+    return int(expires_on - REFRESH_MARGIN)
+
+
+def token_response(
+    response: HttpResponse,
+    *,
+    profile: Optional[str],
+    now: Optional[float] = None,
+    what: str = "token request",
+) -> TokenResult:
+    """Turn an answer from a token endpoint into a :class:`TokenResult` or a :class:`TokenError`.
+
+    Accepts ``expires_in`` or ``expires_on`` (numbers or numeric strings) and ``refresh_in``.
+    """
+    if response.status != 200:
+        raise error_from_response(response, profile=profile, what=what)
+    body = response.json_object()
+    if body is None:
+        raise TokenError(
+            f"{what} answered HTTP 200 with something that is not a JSON object "
+            f"({response.content_type or 'no content type'}, {len(response.content)} bytes)",
+            profile=profile,
+            status=200,
+            error="malformed_response",
+        )
+    if "error" in body:
+        raise error_from_response(
+            HttpResponse(400, response.headers, response.content), profile=profile, what=what
+        )
+    token = body.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise TokenError(
+            f"{what} answered without an access_token", profile=profile, status=200,
+            error="malformed_response",
+        )
+    now = time.time() if now is None else now
+    expires_in = _number(body.get("expires_in"))
+    expires_on = _number(body.get("expires_on"))
+    if expires_in is not None:
+        expires_on = int(now + expires_in)
+    if expires_on is None:
+        raise TokenError(
+            f"{what} answered without expires_in or expires_on", profile=profile, status=200,
+            error="malformed_response",
+        )
+    token_type = body.get("token_type")
+    refresh_token = body.get("refresh_token")
+    scope = body.get("scope")
+    id_token = body.get("id_token")
+    return TokenResult(
+        access_token=token,
+        expires_on=expires_on,
+        refresh_on=refresh_time(now, expires_on, _number(body.get("refresh_in"))),
+        token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
+        refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+        scope=scope if isinstance(scope, str) else None,
+        id_token=id_token if isinstance(id_token, str) and id_token else None,
+    )
+
+
+# --------------------------------------------------------------------------- drivers
+
+_ssl_lock = threading.Lock()
+_ssl_cache: dict[tuple[Optional[str], ...], ssl.SSLContext] = {}
+
+
+def ssl_context() -> ssl.SSLContext:
+    """The TLS context for the identity service, honouring the usual CA-bundle variables.
+
+    ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE`` or ``CURL_CA_BUNDLE`` (the first set) names a CA
+    file, ``SSL_CERT_DIR`` a CA folder; otherwise certifi's bundle, like httpx and requests.
+    """
+    env = os.environ
+    cafile = env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or env.get("CURL_CA_BUNDLE")
+    capath = env.get("SSL_CERT_DIR")
+    key = (cafile, capath)
+    with _ssl_lock:
+        ctx = _ssl_cache.get(key)
+        if ctx is None:
+            if cafile is None and capath is None:
+                import certifi
+
+                cafile = certifi.where()
+            try:
+                ctx = ssl.create_default_context(cafile=cafile, capath=capath)
+            except (OSError, ssl.SSLError) as exc:
+                raise TokenError(f"cannot load the CA bundle {cafile or capath}: {exc}") from None
+            _ssl_cache[key] = ctx
+        return ctx
+
+
+def _headers(request: HttpRequest) -> dict[str, str]:
+    headers = {
+        "User-Agent": USER_AGENT,
+        "Accept": "application/json",
+        "client-request-id": str(uuid.uuid4()),
+    }
+    headers.update(request.headers)
+    return headers
+
+
+def _failure(exc: Exception) -> ConnectionFailed:
+    text = str(exc) or type(exc).__name__
+    return ConnectionFailed(f"{type(exc).__name__}: {redact(text)}")
+
+
+def _log_answer(request: HttpRequest, response: HttpResponse, started: float) -> None:
+    log.debug("%s %s -> HTTP %d in %.0f ms", request.method, request.host, response.status,
+              (time.perf_counter() - started) * 1000)
+
+
+def run_sync(flow: Flow[T]) -> T:
+    """Run a flow to completion with blocking I/O."""
+    import httpx
+
+    client: Optional[httpx.Client] = None
+    try:
+        action = next(flow)
+        while True:
+            try:
+                if isinstance(action, Send):
+                    if client is None:
+                        client = httpx.Client(verify=ssl_context(), trust_env=True)
+                    req = action.request
+                    started = time.perf_counter()
+                    try:
+                        r = client.request(
+                            req.method, req.url, data=req.form, params=req.params,
+                            headers=_headers(req), timeout=req.timeout,
+                        )
+                        result: Any = HttpResponse(
+                            r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content
+                        )
+                        _log_answer(req, result, started)
+                    except httpx.TransportError as exc:
+                        result = _failure(exc)
+                elif isinstance(action, Sleep):
+                    time.sleep(action.seconds)
+                    result = None
+                else:
+                    result = action.fn()
+            except Exception as exc:
+                action = flow.throw(exc)
+                continue
+            action = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        flow.close()
+        if client is not None:
+            client.close()
+
+
+async def run_async(flow: Flow[T]) -> T:
+    """Run a flow to completion without blocking the event loop (asyncio or trio)."""
+    import anyio
+    import anyio.to_thread
+    import httpx
+
+    client: Optional[httpx.AsyncClient] = None
+    try:
+        action = next(flow)
+        while True:
+            try:
+                if isinstance(action, Send):
+                    if client is None:
+                        client = httpx.AsyncClient(verify=ssl_context(), trust_env=True)
+                    req = action.request
+                    started = time.perf_counter()
+                    try:
+                        r = await client.request(
+                            req.method, req.url, data=req.form, params=req.params,
+                            headers=_headers(req), timeout=req.timeout,
+                        )
+                        result: Any = HttpResponse(
+                            r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content
+                        )
+                        _log_answer(req, result, started)
+                    except httpx.TransportError as exc:
+                        result = _failure(exc)
+                elif isinstance(action, Sleep):
+                    await anyio.sleep(action.seconds)
+                    result = None
+                else:
+                    result = await anyio.to_thread.run_sync(action.fn)
+            except Exception as exc:
+                action = flow.throw(exc)
+                continue
+            action = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        flow.close()
+        if client is not None:
+            await client.aclose()

@@ -1,0 +1,256 @@
+"""``EntraAuth``: one object that is a ``requests`` auth and an ``httpx`` auth (sync and async).
+
+The hot path, for a request that may carry the token: one verdict read from a per-origin
+dict, one dict read of the cached entry, one clock comparison, one header assignment.
+After a 401 to a request that carried our token, the rejected token is dropped (once, however
+many requests saw it), a new one is fetched — for the claims in a ``WWW-Authenticate`` claims
+challenge when there is one — and the request is sent once more, provided its body can be sent
+again. A second 401 goes back to the caller as it came.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncGenerator, Generator
+from typing import TYPE_CHECKING, Any, Optional, Union
+from urllib.parse import urlsplit
+
+import httpx
+
+from .jwt import JWTError, b64url_decode
+from .provider import PROVIDER, Binding, CachedToken, PathArg, ScopeArg
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = ["EntraAuth", "claims_from_challenge"]
+
+# Declares that this client handles claims challenges (Continuous Access Evaluation).
+CLIENT_CAPABILITIES = {"access_token": {"xms_cc": {"values": ["cp1"]}}}
+
+_PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def claims_from_challenge(header: Optional[str]) -> Optional[str]:
+    """The claims request (JSON text) in a ``WWW-Authenticate`` claims challenge, merged with
+    our client capabilities; ``None`` when the header is not such a challenge.
+
+    A claims challenge is ``error="insufficient_claims"`` or ``error="invalid_token"`` with a
+    ``claims`` parameter holding base64url JSON (padding may be missing).
+    """
+    if not header or "claims" not in header:
+        return None
+    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+              for m in _PARAM_RE.finditer(header)}
+    if params.get("error") not in ("insufficient_claims", "invalid_token"):
+        return None
+    encoded = params.get("claims")
+    if not encoded:
+        return None
+    try:
+        claims = json.loads(b64url_decode(encoded))
+    except (JWTError, ValueError, UnicodeDecodeError):
+        try:
+            claims = json.loads(encoded)  # some servers send it as plain JSON
+        except ValueError:
+            return None
+    if not isinstance(claims, dict):
+        return None
+    merged: dict[str, Any] = {**claims}
+    access = merged.get("access_token")
+    merged["access_token"] = {**(access if isinstance(access, dict) else {}),
+                              **CLIENT_CAPABILITIES["access_token"]}
+    return json.dumps(merged, separators=(",", ":"))
+
+
+def _origin(url: str) -> str:
+    """``scheme://netloc`` of a URL string, by slicing (no parsing on the hot path)."""
+    start = url.find("://")
+    end = url.find("/", start + 3) if start >= 0 else -1
+    origin = url if end < 0 else url[:end]
+    cut = origin.find("?")
+    return origin if cut < 0 else origin[:cut]
+
+
+def _httpx_replayable(request: httpx.Request) -> bool:
+    stream = request.stream
+    if isinstance(stream, httpx.ByteStream):
+        return True
+    # Multipart bodies re-render from their fields; httpx rewinds seekable files itself.
+    if type(stream).__name__ == "MultipartStream":
+        files = getattr(stream, "fields", ())
+        return all(
+            not hasattr(f, "file") or hasattr(getattr(f, "file", None), "seek") for f in files
+        )
+    return False
+
+
+class EntraAuth(httpx.Auth):
+    """Attach a profile's Entra ID token to requests, with ``requests`` or ``httpx``.
+
+    >>> session.auth = EntraAuth("prod-graph")               # requests
+    >>> httpx.Client(auth=EntraAuth("prod-graph"))          # httpx, sync
+    >>> httpx.AsyncClient(auth=EntraAuth("prod-graph"))     # httpx, async
+
+    ``profile`` defaults to ``$AUTHLAYER_PROFILE``; ``config`` is the profiles file;
+    ``scope`` and ``tenant`` override the profile's; ``user_assertion`` is the incoming token for
+    flow ``on_behalf_of``. Constructing it does no I/O: the profile is read on the first request.
+    The token goes only to the profile's allowed hosts, over https (or http to loopback); other
+    requests pass untouched.
+    """
+
+    def __init__(
+        self,
+        profile: Optional[str] = None,
+        *,
+        config: PathArg = None,
+        scope: ScopeArg = None,
+        tenant: Optional[str] = None,
+        user_assertion: Optional[str] = None,
+    ) -> None:
+        self._args = (profile, config, scope, tenant)
+        self._user_assertion = user_assertion
+        self._binding: Optional[Binding] = None
+        self._origins: dict[str, bool] = {}
+
+    def __repr__(self) -> str:
+        profile, _config, scope, tenant = self._args
+        extra = "".join(
+            f", {name}={value!r}" for name, value in (("scope", scope), ("tenant", tenant))
+            if value is not None
+        )
+        return f"EntraAuth({profile!r}{extra})"
+
+    @property
+    def binding(self) -> Binding:
+        """The resolved profile (read on first use)."""
+        binding = self._binding
+        if binding is None:
+            profile, config, scope, tenant = self._args
+            binding = self._binding = PROVIDER.bind(
+                profile, config=config, scope=scope, tenant=tenant,
+                user_assertion=self._user_assertion,
+            )
+        return binding
+
+    def _allowed(self, url: str) -> bool:
+        origin = _origin(url)
+        verdict = self._origins.get(origin)
+        if verdict is None:
+            split = urlsplit(origin)
+            verdict = self.binding.hosts.allows(split.scheme, split.hostname or "")
+            if len(self._origins) < 4096:
+                self._origins[origin] = verdict
+        return verdict
+
+    def _token(self) -> CachedToken:
+        binding = self.binding
+        entry = PROVIDER.entries.get(binding.key)
+        if entry is None or PROVIDER.clock() >= entry.refresh_on:
+            entry = PROVIDER.get(binding)
+        return entry
+
+    # ------------------------------------------------------------------ httpx
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        """httpx (sync): attach the token; after a 401, refresh and resend once."""
+        if not self._allowed(str(request.url)):
+            yield request
+            return
+        entry = self._token()
+        request.headers["Authorization"] = entry.header
+        response = yield request
+        if response.status_code != 401 or not _httpx_replayable(request):
+            return
+        claims = claims_from_challenge(response.headers.get("www-authenticate"))
+        response.read()
+        entry = PROVIDER.after_rejection(self.binding, entry, claims=claims)
+        request.headers["Authorization"] = entry.header
+        yield request
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        """httpx (async): the same, without ever blocking the event loop."""
+        if not self._allowed(str(request.url)):
+            yield request
+            return
+        binding = self.binding
+        entry = PROVIDER.entries.get(binding.key)
+        if entry is None or PROVIDER.clock() >= entry.refresh_on:
+            entry = await PROVIDER.get_async(binding)
+        request.headers["Authorization"] = entry.header
+        response = yield request
+        if response.status_code != 401 or not _httpx_replayable(request):
+            return
+        claims = claims_from_challenge(response.headers.get("www-authenticate"))
+        await response.aread()
+        entry = await PROVIDER.after_rejection_async(binding, entry, claims=claims)
+        request.headers["Authorization"] = entry.header
+        yield request
+
+    # ------------------------------------------------------------------ requests
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        """requests: attach the token and register the 401 handler."""
+        if not r.url or not self._allowed(r.url):
+            return r
+        entry = self._token()
+        r.headers["Authorization"] = entry.header
+        body = r.body
+        position: Optional[int] = None
+        if body is None or isinstance(body, (bytes, str)):
+            replayable = True
+        elif hasattr(body, "seek") and hasattr(body, "tell"):
+            try:
+                position = body.tell()
+                replayable = True
+            except OSError:
+                replayable = False
+        else:
+            replayable = False  # a generator or a one-shot stream: the 401 goes to the caller
+        if replayable:
+            r.register_hook("response", _RequestsRetry(self, entry, position))  # type: ignore[no-untyped-call]
+        return r
+
+
+class _RequestsRetry:
+    """The response hook that resends a ``requests`` request once after a 401."""
+
+    __slots__ = ("auth", "entry", "position")
+
+    def __init__(self, auth: EntraAuth, entry: CachedToken, position: Optional[int]) -> None:
+        self.auth = auth
+        self.entry = entry
+        self.position = position
+
+    def __call__(self, r: requests.Response, **kwargs: Any) -> requests.Response:
+        from requests.cookies import extract_cookies_to_jar
+
+        prep = r.request
+        if r.status_code != 401 or getattr(prep, "_authlayer_resent", False):
+            return r
+        if self.position is not None:
+            body: Union[Any, None] = prep.body
+            try:
+                body.seek(self.position)  # type: ignore[union-attr]
+            except (AttributeError, OSError):
+                return r
+        claims = claims_from_challenge(r.headers.get("www-authenticate"))
+        # Consume and release the first answer so its connection can be reused.
+        _ = r.content
+        r.close()
+        entry = PROVIDER.after_rejection(self.auth.binding, self.entry, claims=claims)
+        again = prep.copy()
+        again._authlayer_resent = True  # type: ignore[attr-defined,unused-ignore]
+        jar = again._cookies  # type: ignore[attr-defined]
+        extract_cookies_to_jar(jar, r.request, r.raw)  # type: ignore[no-untyped-call]
+        again.prepare_cookies(jar)
+        again.headers["Authorization"] = entry.header
+        second = r.connection.send(again, **kwargs)  # type: ignore[attr-defined,unused-ignore]
+        second.history.append(r)
+        second.request = again
+        return second  # type: ignore[no-any-return,unused-ignore]
