@@ -109,9 +109,13 @@ class HttpResponse:
 
 @dataclass(frozen=True)
 class ConnectionFailed:
-    """What the driver sends back when no answer came (refused, reset, timed out)."""
+    """What the driver sends back when no answer came (refused, reset, timed out).
+
+    ``retry`` is false when trying again cannot help (the server's certificate is not trusted).
+    """
 
     reason: str
+    retry: bool = True
 
 
 @dataclass(frozen=True)
@@ -182,10 +186,11 @@ def send(request: HttpRequest, *, profile: Optional[str] = None) -> Flow[HttpRes
         attempt += 1
         result = yield Send(request)
         if isinstance(result, ConnectionFailed):
-            if attempt >= request.max_attempts:
+            if attempt >= request.max_attempts or not result.retry:
                 raise TokenError(
-                    f"{request.what} to {request.host} failed after {attempt} attempts: "
-                    f"{result.reason}",
+                    f"{request.what} to {request.host} failed"
+                    + (f" after {attempt} attempts" if attempt > 1 else "")
+                    + f": {result.reason}",
                     profile=profile,
                     error="connection_failed",
                 )
@@ -381,6 +386,15 @@ def _headers(request: HttpRequest) -> dict[str, str]:
 
 def _failure(exc: Exception) -> ConnectionFailed:
     text = str(exc) or type(exc).__name__
+    cause: Optional[BaseException] = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return ConnectionFailed(
+                f"the server's TLS certificate is not trusted ({redact(text)}); set "
+                "SSL_CERT_FILE or REQUESTS_CA_BUNDLE to a CA bundle that includes its issuer",
+                retry=False,
+            )
+        cause = cause.__cause__ or cause.__context__
     return ConnectionFailed(f"{type(exc).__name__}: {redact(text)}")
 
 

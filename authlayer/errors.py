@@ -165,7 +165,8 @@ class TokenError(AuthLayerError):
                 what += " (" + ", ".join(f"AADSTS{c}" for c in self.error_codes) + ")"
             parts.append(what)
             if self.description:
-                parts.append("- " + self.description)
+                # "AADSTS7000215: Invalid client secret ..." -> the code is shown already
+                parts.append("- " + re.sub(r"^AADSTS\d+:\s*", "", self.description))
         if self.hint:
             parts.append(f"[hint: {self.hint}]")
         if self.correlation_id:

@@ -101,6 +101,8 @@ class SecretSource:
                 timeout=COMMAND_TIMEOUT,
                 check=False,
                 stdin=subprocess.DEVNULL,
+                # The profiles file's folder, like relative `file` sources: never the caller's.
+                cwd=os.path.dirname(self.path) if self.path else None,
             )
         except FileNotFoundError:
             raise self._error(f"command {shown!r} was not found") from None

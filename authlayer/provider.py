@@ -191,14 +191,20 @@ class Provider:
         *,
         claims: Optional[str] = None,
         force: bool = False,
+        rejected: bool = False,
         interactive: bool = True,
         prompt: Optional[Callable[[str], None]] = None,
     ) -> Generator[Action, Any, CachedToken]:
-        """Get a token from the store or the flow; keep it. Runs under the key's single flight."""
+        """Get a token from the store or the flow; keep it. Runs under the key's single flight.
+
+        ``rejected``: the stored access token got a 401; forget it (but not the refresh token).
+        """
         profile = binding.profile
         store = self.store_for(profile)
         now = self.clock()
         record: Optional[dict[str, Any]] = None
+        if rejected:
+            yield Call(lambda: store.discard(binding.key))
         if not claims:
             found = yield Call(lambda: store.load(binding.key, binding.account_key))
             record = found if isinstance(found, dict) else None
@@ -287,9 +293,8 @@ class Provider:
             current = self._drop(binding, rejected)
             if current is not None and not claims:
                 return current
-            if claims:
-                return run_sync(self._obtain(binding, None, claims=claims))
-            return run_sync(self._obtain(binding, None, force=True))
+            return run_sync(self._obtain(binding, None, claims=claims, force=True,
+                                         rejected=current is None))
 
     def _drop(self, binding: Binding, rejected: CachedToken) -> Optional[CachedToken]:
         """Forget ``rejected``; return the entry that replaced it, if one already has."""
@@ -363,11 +368,12 @@ class Provider:
         """:meth:`after_rejection` for async code."""
         current = self._drop(binding, rejected)
         if claims:
-            return await run_async(self._obtain(binding, None, claims=claims))
+            return await run_async(self._obtain(binding, None, claims=claims, force=True,
+                                                rejected=current is None))
         if current is not None:
             return current
         return await self._single_flight(
-            binding.key, lambda: self._obtain(binding, None, force=True)
+            binding.key, lambda: self._obtain(binding, None, force=True, rejected=True)
         )
 
     # ------------------------------------------------------------------ housekeeping

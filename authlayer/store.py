@@ -28,6 +28,10 @@ class TokenStore(Protocol):
         ``account_key``."""
         ...
 
+    def discard(self, key: str) -> None:
+        """Forget the access token under ``key`` (it was rejected); keep the refresh token."""
+        ...
+
     def delete(self, key: str, account_key: str) -> None:
         """Forget the record and its account's refresh token."""
         ...
@@ -72,6 +76,10 @@ class MemoryStore:
             account = account_part(record)
             if account is not None:
                 self._accounts[account_key] = account
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._tokens.pop(key, None)
 
     def delete(self, key: str, account_key: str) -> None:
         with self._lock:

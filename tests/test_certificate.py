@@ -10,7 +10,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 from cryptography import x509
@@ -312,15 +312,12 @@ def test_empty_file(tmp_path: Path) -> None:
     check_error(path, None, "certificate", "empty")
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file(tmp_path: Path, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> None:
+def test_unreadable_file(tmp_path: Path, key: rsa.RSAPrivateKey, cert: x509.Certificate,
+                         deny_read: Callable[[Path], None]) -> None:
     path = tmp_path / "cred.pem"
     path.write_bytes(key_pem(key) + cert_pem(cert))
-    path.chmod(0)
-    try:
-        check_error(path, None, "certificate", "cannot read")
-    finally:
-        path.chmod(0o600)
+    deny_read(path)
+    check_error(path, None, "certificate", "cannot read")
 
 
 def test_no_private_key(tmp_path: Path, cert: x509.Certificate) -> None:

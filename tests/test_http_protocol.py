@@ -135,7 +135,8 @@ def test_entra_error_becomes_token_error_with_codes_and_hint() -> None:
     assert err.error_codes == (7000215,)
     assert err.status == 401
     assert err.correlation_id == "2a1b7c9e-1111-2222-3333-444455556666"
-    assert err.description is not None and err.description.startswith("AADSTS7000215")
+    assert err.description is not None
+    assert err.description.startswith("AADSTS7000215")
     assert "Trace ID" not in err.description
     assert "secret's value, not its id" in str(err)
     assert "profile 'prod'" in str(err)
@@ -192,5 +193,6 @@ def test_any_answer_is_a_result_or_a_token_error(status: int, body: bytes) -> No
     except TokenError:
         return
     assert status == 200
-    assert isinstance(result.access_token, str) and result.access_token
+    assert isinstance(result.access_token, str)
+    assert result.access_token
     assert isinstance(result.expires_on, int)

@@ -1,0 +1,107 @@
+"""An azure-core ``TokenCredential`` backed by a profile, so Azure SDK clients can use it.
+
+``credential("prod")`` follows the protocol azure-core's clients call: ``get_token(*scopes,
+claims=None, tenant_id=None, **kwargs)`` and ``get_token_info(*scopes, options=None)``. The scopes
+come from the SDK client; the profile supplies everything else. azure-core itself is not needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .provider import PROVIDER, Binding, CachedToken, PathArg
+from .token import AccessToken
+
+__all__ = ["AccessTokenInfo", "ProfileCredential", "credential"]
+
+
+@dataclass(frozen=True)
+class AccessTokenInfo:
+    """azure-core's ``AccessTokenInfo`` shape: the token, its expiry and when to refresh."""
+
+    token: str = field(repr=False)
+    expires_on: int
+    token_type: str = "Bearer"
+    refresh_on: Optional[int] = None
+
+
+def _info(entry: CachedToken) -> AccessTokenInfo:
+    return AccessTokenInfo(entry.token.token, entry.token.expires_on, entry.token.token_type,
+                           entry.refresh_on)
+
+
+class _Base:
+    def __init__(self, profile: Optional[str], config: PathArg) -> None:
+        self._profile = profile
+        self._config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._profile!r})"
+
+    def _bind(self, scopes: tuple[str, ...], tenant_id: Optional[str]) -> Binding:
+        return PROVIDER.bind(self._profile, config=self._config, scope=scopes or None,
+                             tenant=tenant_id)
+
+    @staticmethod
+    def _options(options: Optional[dict[str, Any]]) -> tuple[Optional[str], Optional[str]]:
+        options = options or {}
+        return options.get("claims"), options.get("tenant_id")
+
+
+class ProfileCredential(_Base):
+    """A synchronous azure-core ``TokenCredential`` for one profile."""
+
+    def get_token(self, *scopes: str, claims: Optional[str] = None,
+                  tenant_id: Optional[str] = None, **kwargs: Any) -> AccessToken:
+        """A token for ``scopes`` (the profile's scope when none is given)."""
+        return PROVIDER.get(self._bind(scopes, tenant_id), claims=claims or None).token
+
+    def get_token_info(self, *scopes: str,
+                       options: Optional[dict[str, Any]] = None) -> AccessTokenInfo:
+        """The same, as azure-core's newer ``SupportsTokenInfo`` protocol wants it."""
+        claims, tenant_id = self._options(options)
+        return _info(PROVIDER.get(self._bind(scopes, tenant_id), claims=claims or None))
+
+    def close(self) -> None:
+        """Nothing to release; present because azure-core clients call it."""
+
+    def __enter__(self) -> ProfileCredential:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncProfileCredential(_Base):
+    """An async azure-core ``AsyncTokenCredential`` for one profile (asyncio or trio)."""
+
+    async def get_token(self, *scopes: str, claims: Optional[str] = None,
+                        tenant_id: Optional[str] = None, **kwargs: Any) -> AccessToken:
+        """A token for ``scopes``, without blocking the event loop."""
+        entry = await PROVIDER.get_async(self._bind(scopes, tenant_id), claims=claims or None)
+        return entry.token
+
+    async def get_token_info(self, *scopes: str,
+                             options: Optional[dict[str, Any]] = None) -> AccessTokenInfo:
+        claims, tenant_id = self._options(options)
+        return _info(await PROVIDER.get_async(self._bind(scopes, tenant_id),
+                                              claims=claims or None))
+
+    async def close(self) -> None:
+        """Nothing to release; present because azure-core clients call it."""
+
+    async def __aenter__(self) -> AsyncProfileCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def credential(profile: Optional[str] = None, *, config: PathArg = None) -> ProfileCredential:
+    """An azure-core ``TokenCredential`` for ``profile`` (default ``$AUTHLAYER_PROFILE``).
+
+    >>> from azure.keyvault.secrets import SecretClient
+    >>> SecretClient(vault_url, credential=authlayer.credential("prod"))
+    """
+    return ProfileCredential(profile, config)

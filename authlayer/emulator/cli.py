@@ -1,0 +1,108 @@
+"""The emulator's command line: ``python -m authlayer.emulator`` and ``authlayer emulator``.
+
+Starts an emulator in the foreground, registers one demo app, prints what a script needs to
+use it (authority, tenant, client id, secret, API scope and a ready profile) and serves until
+Ctrl-C. The demo secret is a throwaway emulator secret, so it is printed; to choose it instead,
+set ``AUTHLAYER_EMULATOR_SECRET`` (then it is not printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Optional
+
+from ..hosts import is_loopback
+from .server import Emulator
+
+__all__ = ["DEFAULT_PORT", "SECRET_ENV", "main"]
+
+DEFAULT_PORT = 8400
+SECRET_ENV = "AUTHLAYER_EMULATOR_SECRET"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="authlayer emulator",
+        description="Run a local Entra ID emulator on loopback, for testing scripts offline.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port to listen on ({DEFAULT_PORT}; 0 picks a free one)")
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS with a throwaway CA")
+    parser.add_argument("--client-id", help="the demo app's client id (random by default)")
+    parser.add_argument("--tenant-id", help="the default tenant's GUID (random by default)")
+    return parser
+
+
+def _interrupt(signum: int, frame: Optional[FrameType]) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the emulator until Ctrl-C (or SIGTERM). Returns the exit status."""
+    args = _parser().parse_args(argv)
+    if not is_loopback(args.host):
+        print(f"authlayer emulator: {args.host} is not a loopback address", file=sys.stderr)
+        return 2
+    try:
+        emu = Emulator(args.host, args.port, args.tls, tenant_id=args.tenant_id)
+    except ValueError as exc:
+        print(f"authlayer emulator: {exc}", file=sys.stderr)
+        return 2
+    emu.max_requests = 1000  # a long-running emulator must not keep every request
+    try:
+        emu.start()
+    except OSError as exc:
+        print(f"authlayer emulator: cannot listen on {args.host} port {args.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        env_secret = os.environ.get(SECRET_ENV)
+        app = emu.register_app(args.client_id, secret=env_secret or None)
+        shown = f"${SECRET_ENV}" if env_secret else str(app.secret)
+        lines = [
+            f"authlayer emulator listening on {emu.url}",
+            f"  authority   {emu.url}",
+            f"  tenant      {emu.tenant_id} ({emu.tenant_domain})",
+            f"  client id   {app.client_id}",
+            f"  secret      {shown}" + ("" if env_secret else "   (throwaway emulator secret)"),
+            f"  api scope   {emu.api_scope}",
+        ]
+        if emu.ca_file:
+            lines.append(f"  ca file     {emu.ca_file}   (trust it: SSL_CERT_FILE / "
+                         "REQUESTS_CA_BUNDLE)")
+        lines += [
+            "",
+            "A profile for it (profiles.toml):",
+            "",
+            "[profiles.emulator]",
+            'flow = "client_credentials"',
+            f'authority = "{emu.url}"',
+            f'tenant = "{emu.tenant_id}"',
+            f'client_id = "{app.client_id}"',
+            f'client_secret = {{ env = "{SECRET_ENV}" }}',
+            f'scope = "{emu.api_scope}"',
+            "",
+            "Press Ctrl-C to stop.",
+        ]
+        print("\n".join(lines), flush=True)
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+        forever = threading.Event()
+        try:
+            while not forever.wait(0.5):  # a timed wait lets Ctrl-C through everywhere
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    finally:
+        emu.stop()
+    print("authlayer emulator stopped", file=sys.stderr, flush=True)
+    return 0

@@ -1,0 +1,188 @@
+"""Shared fixtures: one emulator per test session (reset per test), a fresh provider per test,
+profile files in a temporary folder, and a `client` fixture that runs the same request through
+requests, httpx.Client and httpx.AsyncClient."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import httpx
+import pytest
+import requests
+
+from authlayer import _http
+from authlayer.emulator import Emulator
+from authlayer.provider import PROVIDER
+
+# Environment variables that would change what authlayer does; tests start without them.
+_ENV = ["AUTHLAYER_CONFIG", "AUTHLAYER_PROFILE", "AUTHLAYER_CACHE_DIR", "HTTPS_PROXY",
+        "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy", "NO_PROXY",
+        "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET",
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST", "AZURE_TENANT_ID", "AZURE_CLIENT_ID",
+        "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST", "AZURE_CONFIG_DIR", "BROWSER"]
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for name in _ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AUTHLAYER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(_http, "BACKOFF_BASE", 0.01)
+    PROVIDER.reset()
+    yield
+    PROVIDER.reset()
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Emulator]:
+    with Emulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def emu(emulator: Emulator) -> Iterator[Emulator]:
+    emulator.reset()
+    emulator.latency = 0.0
+    emulator.token_lifetime = 3600
+    emulator.refresh_in = None
+    yield emulator
+    emulator.reset()
+    emulator.latency = 0.0
+
+
+class Profiles:
+    """Writes a profiles file and points $AUTHLAYER_CONFIG at it."""
+
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.path = path
+        self._monkeypatch = monkeypatch
+
+    def write(self, text: str) -> Path:
+        self.path.write_text(textwrap.dedent(text), encoding="utf-8")
+        self._monkeypatch.setenv("AUTHLAYER_CONFIG", str(self.path))
+        from authlayer import config
+
+        config.clear_cache()
+        PROVIDER.reset()
+        return self.path
+
+
+@pytest.fixture
+def profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Profiles:
+    return Profiles(tmp_path / "profiles.toml", monkeypatch)
+
+
+@pytest.fixture
+def secret() -> str:
+    return "emu-secret-" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def app(emu: Emulator, secret: str) -> Any:
+    return emu.register_app(secret=secret)
+
+
+@pytest.fixture
+def cc_profile(emu: Emulator, app: Any, profiles: Profiles, monkeypatch: pytest.MonkeyPatch,
+               secret: str) -> str:
+    """A client-credentials profile `app` for the emulator's protected API, secret in the env."""
+    monkeypatch.setenv("APP_SECRET", secret)
+    profiles.write(f"""
+        [profiles.app]
+        flow = "client_credentials"
+        authority = "{emu.url}"
+        tenant = "{emu.tenant_id}"
+        client_id = "{app.client_id}"
+        client_secret = {{ env = "APP_SECRET" }}
+        scope = "{emu.api_scope}"
+        timeout = 5
+    """)
+    return "app"
+
+
+class Answer:
+    """What a client got back, the same shape for every client."""
+
+    def __init__(self, status: int, body: bytes, history: int) -> None:
+        self.status = status
+        self.body = body
+        self.history = history
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Client:
+    """Sends one request with a given auth through requests, httpx or httpx async."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return self.kind
+
+    def request(self, method: str, url: str, auth: Any, **kwargs: Any) -> Answer:
+        if self.kind == "requests":
+            with requests.Session() as session:
+                session.auth = auth
+                r = session.request(method, url, timeout=10, **kwargs)
+                return Answer(r.status_code, r.content, len(r.history))
+        if self.kind == "httpx":
+            with httpx.Client(auth=auth, timeout=10) as client:
+                h = client.request(method, url, **kwargs)
+                return Answer(h.status_code, h.content, len(h.history))
+
+        async def go() -> Answer:
+            async with httpx.AsyncClient(auth=auth, timeout=10) as client:
+                h = await client.request(method, url, **kwargs)
+                return Answer(h.status_code, h.content, len(h.history))
+
+        return asyncio.run(go())
+
+    def get(self, url: str, auth: Any, **kwargs: Any) -> Answer:
+        return self.request("GET", url, auth, **kwargs)
+
+
+@pytest.fixture(params=["requests", "httpx", "httpx-async"])
+def client(request: pytest.FixtureRequest) -> Client:
+    return Client(str(request.param))
+
+
+@pytest.fixture
+def deny_read(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Make opening one file fail with EACCES, as chmod 0 would for a non-root user (tests run
+    as root in CI, where chmod does not stop reads)."""
+    import builtins
+    import errno
+
+    denied: set[str] = set()
+    real_open = builtins.open
+
+    def guarded_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(os.fspath(file)) in denied:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    return lambda path: denied.add(os.path.abspath(path))
+
+
+def leaked(haystack: str, needles: list[Optional[str]]) -> list[str]:
+    """The needles (secrets, tokens) found in a text, shortened for the failure message."""
+    return [n[:6] + "…" for n in needles if n and n in haystack]
+
+
+def env_without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
+Factory = Callable[..., Any]

@@ -1,0 +1,165 @@
+"""Single flight: many threads or tasks on a cold cache make one token request; the event loop is
+never blocked by a token request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from authlayer import EntraAuth, get_token, get_token_async
+from authlayer.emulator import Emulator
+from authlayer.provider import PROVIDER
+
+from .conftest import Profiles
+
+
+def test_64_threads_on_a_cold_cache_make_one_token_request(emu: Emulator,
+                                                           cc_profile: str) -> None:
+    emu.latency = 0.2  # make sure they all arrive while the first request is under way
+    barrier = threading.Barrier(64)
+    tokens: list[str] = []
+
+    def worker() -> None:
+        barrier.wait()
+        tokens.append(get_token(cc_profile).token)
+
+    threads = [threading.Thread(target=worker) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(tokens) == 64
+    assert len(set(tokens)) == 1
+    assert emu.count("token") == 1
+
+
+def test_500_asyncio_tasks_on_a_cold_cache_make_one_token_request(emu: Emulator,
+                                                                  cc_profile: str) -> None:
+    emu.latency = 0.2
+
+    async def main() -> list[str]:
+        results = await asyncio.gather(*(get_token_async(cc_profile) for _ in range(500)))
+        return [r.token for r in results]
+
+    tokens = asyncio.run(main())
+    assert len(tokens) == 500
+    assert len(set(tokens)) == 1
+    assert emu.count("token") == 1
+
+
+def test_500_trio_tasks_on_a_cold_cache_make_one_token_request(emu: Emulator,
+                                                               cc_profile: str) -> None:
+    trio = pytest.importorskip("trio")
+    emu.latency = 0.2
+    tokens: list[str] = []
+
+    async def one() -> None:
+        tokens.append((await get_token_async(cc_profile)).token)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(500):
+                nursery.start_soon(one)
+
+    trio.run(main)
+    assert len(tokens) == 500
+    assert len(set(tokens)) == 1
+    assert emu.count("token") == 1
+
+
+def test_async_client_requests_share_one_token_request(emu: Emulator, cc_profile: str) -> None:
+    emu.latency = 0.1
+    auth = EntraAuth(cc_profile)
+
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(auth=auth) as client:
+            answers = await asyncio.gather(*(client.get(f"{emu.api_url}/n/{i}")
+                                             for i in range(50)))
+            return [a.status_code for a in answers]
+
+    assert asyncio.run(main()) == [200] * 50
+    assert emu.count("token") == 1
+
+
+def test_token_request_never_blocks_the_event_loop(emu: Emulator, cc_profile: str) -> None:
+    emu.latency = 0.5
+    ticks = 0
+
+    async def ticker(stop: asyncio.Event) -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(ticker(stop))
+        await get_token_async(cc_profile)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    # While the token request waited 0.5 s, the loop kept running other tasks.
+    assert ticks >= 10
+
+
+def test_command_secret_source_runs_off_the_event_loop(emu: Emulator, app: Any, secret: str,
+                                                       profiles: Profiles,
+                                                       tmp_path: Path) -> None:
+    script = tmp_path / "slow_secret.py"
+    script.write_text(f"import time\ntime.sleep(0.4)\nprint({secret!r})\n")
+    profiles.write(f"""
+        [profiles.cmd]
+        flow = "client_credentials"
+        authority = "{emu.url}"
+        tenant = "{emu.tenant_id}"
+        client_id = "{app.client_id}"
+        client_secret = {{ command = [{json.dumps(sys.executable)}, "slow_secret.py"] }}
+        scope = "{emu.api_scope}"
+    """)
+    ticks = 0
+
+    async def ticker(stop: asyncio.Event) -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(ticker(stop))
+        await get_token_async("cmd")
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert ticks >= 10
+    assert emu.count("token") == 1
+
+
+def test_concurrent_failures_reach_every_waiter(emu: Emulator, cc_profile: str) -> None:
+    from authlayer import TokenError
+
+    emu.inject("status", count=100, status=400)
+
+    async def main() -> list[BaseException | None]:
+        async def one() -> BaseException | None:
+            try:
+                await get_token_async(cc_profile)
+            except TokenError as exc:
+                return exc
+            return None
+
+        return await asyncio.gather(*(one() for _ in range(20)))
+
+    errors = asyncio.run(main())
+    assert all(isinstance(e, TokenError) for e in errors)
+    assert emu.count("token") == 1
+    PROVIDER.reset()
