@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncGenerator, Generator
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 import httpx
@@ -95,7 +95,8 @@ class EntraAuth(httpx.Auth):
 
     ``profile`` defaults to ``$AUTHLAYER_PROFILE``; ``config`` is the profiles file;
     ``scope`` and ``tenant`` override the profile's; ``user_assertion`` is the incoming token for
-    flow ``on_behalf_of``. Constructing it does no I/O: the profile is read on the first request.
+    flow ``on_behalf_of``; ``prompt`` shows sign-in instructions (device code, browser) instead of
+    standard error. Constructing it does no I/O: the profile is read on the first request.
     The token goes only to the profile's allowed hosts, over https (or http to loopback); other
     requests pass untouched.
     """
@@ -108,9 +109,11 @@ class EntraAuth(httpx.Auth):
         scope: ScopeArg = None,
         tenant: Optional[str] = None,
         user_assertion: Optional[str] = None,
+        prompt: Optional[Callable[[str], None]] = None,
     ) -> None:
         self._args = (profile, config, scope, tenant)
         self._user_assertion = user_assertion
+        self._prompt = prompt
         self._binding: Optional[Binding] = None
         self._origins: dict[str, bool] = {}
 
@@ -148,7 +151,7 @@ class EntraAuth(httpx.Auth):
         binding = self.binding
         entry = PROVIDER.entries.get(binding.key)
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
-            entry = PROVIDER.get(binding)
+            entry = PROVIDER.get(binding, prompt=self._prompt)
         return entry
 
     # ------------------------------------------------------------------ httpx
@@ -181,7 +184,7 @@ class EntraAuth(httpx.Auth):
         binding = self.binding
         entry = PROVIDER.entries.get(binding.key)
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
-            entry = await PROVIDER.get_async(binding)
+            entry = await PROVIDER.get_async(binding, prompt=self._prompt)
         request.headers["Authorization"] = entry.header
         response = yield request
         if response.status_code != 401 or not _httpx_replayable(request):

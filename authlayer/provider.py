@@ -416,20 +416,21 @@ def get_token(
     tenant: Optional[str] = None,
     user_assertion: Optional[str] = None,
     force_refresh: bool = False,
+    prompt: Optional[Callable[[str], None]] = None,
 ) -> AccessToken:
     """The access token that :class:`~authlayer.EntraAuth` would attach for the same arguments.
 
     ``profile`` defaults to ``$AUTHLAYER_PROFILE``; ``scope`` and ``tenant`` override the
     profile's; ``user_assertion`` is the incoming token for flow ``on_behalf_of``;
-    ``force_refresh`` skips the cache. Raises :class:`~authlayer.ConfigError` or
-    :class:`~authlayer.TokenError`.
+    ``force_refresh`` skips the cache; ``prompt`` shows sign-in instructions (default: standard
+    error). Raises :class:`~authlayer.ConfigError` or :class:`~authlayer.TokenError`.
     """
     binding = PROVIDER.bind(profile, config=config, scope=scope, tenant=tenant,
                             user_assertion=user_assertion)
     entry = PROVIDER.entries.get(binding.key)
     if entry is not None and not force_refresh and PROVIDER.clock() < entry.refresh_on:
         return entry.token
-    return PROVIDER.get(binding, force=force_refresh).token
+    return PROVIDER.get(binding, force=force_refresh, prompt=prompt).token
 
 
 async def get_token_async(
@@ -440,8 +441,9 @@ async def get_token_async(
     tenant: Optional[str] = None,
     user_assertion: Optional[str] = None,
     force_refresh: bool = False,
+    prompt: Optional[Callable[[str], None]] = None,
 ) -> AccessToken:
     """:func:`get_token` for async code (asyncio or trio); never blocks the event loop."""
     binding = PROVIDER.bind(profile, config=config, scope=scope, tenant=tenant,
                             user_assertion=user_assertion)
-    return (await PROVIDER.get_async(binding, force=force_refresh)).token
+    return (await PROVIDER.get_async(binding, force=force_refresh, prompt=prompt)).token

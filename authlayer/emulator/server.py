@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 from urllib.parse import parse_qsl, urlsplit
 
 from ..hosts import is_loopback
@@ -62,6 +62,8 @@ ENDPOINTS = frozenset(
 _MAX_BODY = 64 * 1024 * 1024
 _FORM = "application/x-www-form-urlencoded"
 
+
+T = TypeVar("T")
 
 class _BadRequest(Exception):
     pass
@@ -310,6 +312,8 @@ class Emulator:
         self._tmpdir: Optional[str] = None
         self._ca_file: Optional[str] = None
         self._started = False
+        self._extensions: dict[str, Any] = {}
+        self._extensions_lock = threading.Lock()
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -626,6 +630,21 @@ class Emulator:
         self._faults.clear()
         with self.state.lock:
             self.state.challenge = None
+        for extension in list(self._extensions.values()):
+            reset = getattr(extension, "reset", None)
+            if callable(reset):
+                reset()
+
+    # --- extensions ------------------------------------------------------------------------
+
+    def extension(self, name: str, factory: Callable[[Emulator], T]) -> T:
+        """Per-emulator state of a feature module (device codes, managed identity, ...),
+        made by ``factory(self)`` on first use. Its ``reset()``, if any, runs on :meth:`reset`.
+        """
+        with self._extensions_lock:
+            if name not in self._extensions:
+                self._extensions[name] = factory(self)
+            return self._extensions[name]  # type: ignore[no-any-return]
 
     # --- routing ---------------------------------------------------------------------------
 
