@@ -160,17 +160,21 @@ class EntraAuth(httpx.Auth):
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
         """httpx (sync): attach the token; after a 401, refresh and resend once."""
-        if not self._allowed(str(request.url)):
+        url = request.url
+        binding = self._binding or self.binding
+        if not binding.hosts.allows(url.scheme, url.host):
             yield request
             return
-        entry = self._token()
+        entry = PROVIDER.entries.get(binding.key)
+        if entry is None or PROVIDER.clock() >= entry.refresh_on:
+            entry = PROVIDER.get(binding, prompt=self._prompt)
         request.headers["Authorization"] = entry.header
         response = yield request
         if response.status_code != 401 or not _httpx_replayable(request):
             return
         claims = claims_from_challenge(response.headers.get("www-authenticate"))
         response.read()
-        entry = PROVIDER.after_rejection(self.binding, entry, claims=claims)
+        entry = PROVIDER.after_rejection(binding, entry, claims=claims)
         request.headers["Authorization"] = entry.header
         yield request
 
@@ -178,10 +182,11 @@ class EntraAuth(httpx.Auth):
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """httpx (async): the same, without ever blocking the event loop."""
-        if not self._allowed(str(request.url)):
+        url = request.url
+        binding = self._binding or self.binding
+        if not binding.hosts.allows(url.scheme, url.host):
             yield request
             return
-        binding = self.binding
         entry = PROVIDER.entries.get(binding.key)
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
             entry = await PROVIDER.get_async(binding, prompt=self._prompt)

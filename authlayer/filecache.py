@@ -1,0 +1,416 @@
+"""The persistent token store behind ``cache = "file"``: :class:`FileStore` keeps token records
+in one JSON file (``tokens.json`` under ``$AUTHLAYER_CACHE_DIR``, else the user's cache folder),
+shared safely by the threads and processes of one user. Its job is the file: where it lives, its
+permissions (folder ``0700``, file ``0600``), atomic writes, a cross-process lock so concurrent
+writers never lose each other's entries, pruning, and setting a corrupt file aside instead of
+crashing. It knows nothing about profiles, flows or expiry policy beyond dropping records whose
+access token has expired: the provider decides what to keep and when a token is good enough.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import errno
+import json
+import logging
+import os
+import stat
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any, Callable, ClassVar, NamedTuple, Optional, Union
+
+import filelock
+import platformdirs
+
+from .errors import AuthLayerError
+from .store import account_part, merge_account
+
+__all__ = ["FILE_NAME", "FileStore", "default_path"]
+
+log = logging.getLogger("authlayer")
+
+FILE_NAME = "tokens.json"
+VERSION = 1
+# Seconds a writer waits for another process to finish with the file.
+LOCK_TIMEOUT = 10.0
+# How often a waiting writer tries the lock again.
+LOCK_POLL = 0.005
+# At most this many access-token records (the ones expiring first go) and accounts (the ones
+# saved longest ago go) are kept.
+MAX_TOKENS = 5000
+MAX_ACCOUNTS = 1000
+# A file larger than this is not ours: set it aside rather than read it into memory.
+MAX_FILE_BYTES = 100 * 1024 * 1024
+
+_POSIX = os.name == "posix"
+_READ_FLAGS: int = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+# Keys of a record that live under its account, not under its token key.
+_ACCOUNT_KEYS = ("refresh_token", "account")
+
+Records = dict[str, dict[str, Any]]
+Stamp = tuple[int, int, int]  # (mtime_ns, size, inode) of the file the snapshot was read from
+
+PathArg = Union[str, "os.PathLike[str]"]
+
+
+def default_path() -> str:
+    """The cache file to use now: ``$AUTHLAYER_CACHE_DIR/tokens.json`` if that is set, else
+    ``tokens.json`` in the user's cache folder (``$XDG_CACHE_HOME/authlayer`` or
+    ``~/.cache/authlayer`` on Linux, the platform's usual place elsewhere)."""
+    folder = os.environ.get("AUTHLAYER_CACHE_DIR")
+    if folder:
+        folder = os.path.expanduser(folder)
+    else:
+        folder = platformdirs.user_cache_dir("authlayer", appauthor=False)
+    return os.path.join(os.path.abspath(folder), FILE_NAME)
+
+
+class _Corrupt(Exception):
+    """The file cannot be used; ``reason`` says why without quoting its contents."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Snapshot(NamedTuple):
+    """The file as last read or written by this process. Never mutated: writers copy it."""
+
+    stamp: Stamp
+    raw: bytes
+    tokens: Records
+    accounts: Records
+
+
+def _decode(raw: bytes) -> tuple[Records, Records]:
+    """The token and account records of a cache file's bytes; :class:`_Corrupt` if unusable."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Corrupt("not UTF-8 text") from None
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _Corrupt("not JSON") from None
+    if not isinstance(doc, dict):
+        raise _Corrupt("not a JSON object")
+    version = doc.get("version")
+    if version != VERSION or isinstance(version, bool):
+        shown = f"version {version}" if isinstance(version, int) else "no valid version"
+        raise _Corrupt(f"{shown}, expected version {VERSION}")
+    tokens = doc.get("tokens")
+    accounts = doc.get("accounts")
+    for name, table in (("tokens", tokens), ("accounts", accounts)):
+        if not isinstance(table, dict) or not all(isinstance(r, dict) for r in table.values()):
+            raise _Corrupt(f"{name!r} is not a table of records")
+    return tokens, accounts  # type: ignore[return-value]  # checked just above
+
+
+def _encode(tokens: Records, accounts: Records) -> bytes:
+    doc = {"version": VERSION, "tokens": tokens, "accounts": accounts}
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def _expires_on(record: dict[str, Any]) -> float:
+    value = record.get("expires_on")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return float("-inf")
+
+
+def _prune(tokens: Records, accounts: Records, now: float) -> None:
+    """Drop expired access-token records (refresh tokens live on under their account), then
+    keep at most :data:`MAX_TOKENS` tokens and :data:`MAX_ACCOUNTS` accounts."""
+    for key in [k for k, r in tokens.items() if _expires_on(r) <= now]:
+        del tokens[key]
+    excess = len(tokens) - MAX_TOKENS
+    if excess > 0:
+        for key, _ in sorted(tokens.items(), key=lambda kv: _expires_on(kv[1]))[:excess]:
+            del tokens[key]
+    excess = len(accounts) - MAX_ACCOUNTS
+    if excess > 0:
+        for key in list(accounts)[:excess]:  # in the order they were last saved
+            del accounts[key]
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable (POSIX; best effort)."""
+    if not _POSIX:
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _owned(st: os.stat_result) -> bool:
+    return _POSIX and st.st_uid == os.geteuid()
+
+
+class FileStore:
+    """A :class:`~authlayer.store.TokenStore` kept in one JSON file, shared by processes.
+
+    ``FileStore(path)`` uses the file ``path``; :meth:`default` the file :func:`default_path`
+    names, one instance per path. Thread-safe and process-safe: every change is a
+    read-modify-write under a ``threading.Lock`` and a file lock (``<path>.lock``), written
+    atomically. Loads need no lock and re-read the file only when it changed.
+    """
+
+    _instances: ClassVar[dict[str, FileStore]] = {}
+    _instances_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: PathArg) -> None:
+        self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        self.folder = os.path.dirname(self.path)
+        self.lock_path = self.path + ".lock"
+        self._lock = threading.Lock()
+        self._file_lock = filelock.FileLock(self.lock_path, mode=0o600)
+        self._snapshot: Optional[_Snapshot] = None
+
+    @classmethod
+    def default(cls) -> FileStore:
+        """The shared store for :func:`default_path` (resolved again on every call)."""
+        path = default_path()
+        store = cls._instances.get(path)
+        if store is None:
+            with cls._instances_lock:
+                store = cls._instances.get(path)
+                if store is None:
+                    store = cls._instances[path] = cls(path)
+        return store
+
+    def __repr__(self) -> str:
+        return f"FileStore({self.path!r})"
+
+    # ------------------------------------------------------------------ TokenStore
+
+    def load(self, key: str, account_key: str) -> Optional[dict[str, Any]]:
+        with self._lock:
+            snapshot = self._current(exact=False, locked=False)
+            if snapshot is None:
+                return None
+            merged = merge_account(snapshot.tokens.get(key), snapshot.accounts.get(account_key))
+            return copy.deepcopy(merged)
+
+    def save(self, key: str, account_key: str, record: dict[str, Any]) -> None:
+        token = {k: v for k, v in record.items() if k not in _ACCOUNT_KEYS}
+        account = account_part(record)
+
+        def change(tokens: Records, accounts: Records) -> bool:
+            tokens[key] = token
+            if account is not None:
+                accounts.pop(account_key, None)  # re-insert: the newest account goes last
+                accounts[account_key] = account
+            return True
+
+        self._update(change, create=True)
+
+    def discard(self, key: str) -> None:
+        def change(tokens: Records, accounts: Records) -> bool:
+            return tokens.pop(key, None) is not None
+
+        self._update(change, create=False)
+
+    def delete(self, key: str, account_key: str) -> None:
+        def change(tokens: Records, accounts: Records) -> bool:
+            dropped = tokens.pop(key, None) is not None
+            return accounts.pop(account_key, None) is not None or dropped
+
+        self._update(change, create=False)
+
+    # ------------------------------------------------------------------ reading
+
+    def _read(self, *, exact: bool) -> Optional[_Snapshot]:
+        """The file's content, ``None`` if there is no file. Reuses the snapshot when the file's
+        (mtime, size, inode) did not change; with ``exact``, only when its bytes did not."""
+        try:
+            fd = os.open(self.path, _READ_FLAGS)
+        except FileNotFoundError:
+            self._snapshot = None
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _Corrupt("a symbolic link") from None
+            raise _Corrupt(f"cannot be opened: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _Corrupt("not a regular file")
+            if stat.S_IMODE(st.st_mode) & 0o077 and _owned(st):
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, 0o600)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            previous = self._snapshot
+            if not exact and previous is not None and previous.stamp == stamp:
+                return previous
+            if st.st_size > MAX_FILE_BYTES:
+                raise _Corrupt("too large")
+            raw = _read_all(fd)
+        except OSError as exc:
+            raise _Corrupt(f"cannot be read: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        if previous is not None and raw == previous.raw:
+            snapshot = previous._replace(stamp=stamp)
+        else:
+            tokens, accounts = _decode(raw)
+            snapshot = _Snapshot(stamp, raw, tokens, accounts)
+        self._snapshot = snapshot
+        return snapshot
+
+    def _current(self, *, exact: bool, locked: bool) -> Optional[_Snapshot]:
+        """:meth:`_read`, setting a corrupt file aside (under the file lock) as if absent."""
+        try:
+            return self._read(exact=exact)
+        except _Corrupt as exc:
+            if locked:
+                self._set_aside(exc.reason)
+                return None
+        with self._locked():  # look again under the lock: a writer may have just fixed it
+            try:
+                return self._read(exact=True)
+            except _Corrupt as exc:
+                self._set_aside(exc.reason)
+                return None
+
+    def _set_aside(self, reason: str) -> None:
+        """Move the unusable file to ``<path>.corrupt-<UTC time>``, warning; never raises."""
+        self._snapshot = None
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = f"{self.path}.corrupt-{when}"
+        try:
+            st = os.lstat(self.path)
+            if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077 and _owned(st):
+                os.chmod(self.path, 0o600)  # it may hold tokens
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # gone already
+        except OSError as exc:
+            message = (
+                f"the token cache {self.path} is unusable ({reason}) and could not be moved "
+                f"aside ({exc.strerror}); using an empty cache"
+            )
+        else:
+            message = (
+                f"the token cache {self.path} was unusable ({reason}); moved it to {aside} "
+                "and started a new one"
+            )
+        warnings.warn(message, UserWarning, stacklevel=4)
+        log.warning("%s", message)
+
+    # ------------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the cross-process lock (creating the folder first)."""
+        self._ensure_folder()
+        try:
+            self._file_lock.acquire(timeout=LOCK_TIMEOUT, poll_interval=LOCK_POLL)
+        except filelock.Timeout:
+            raise AuthLayerError(
+                f"gave up after {LOCK_TIMEOUT:g} s waiting for the token cache lock "
+                f"{self.lock_path}: another process is holding it"
+            ) from None
+        except OSError as exc:
+            raise AuthLayerError(
+                f"cannot lock the token cache: {self.lock_path}: {exc.strerror}"
+            ) from None
+        try:
+            yield
+        finally:
+            self._file_lock.release()
+
+    def _ensure_folder(self) -> None:
+        """Create the folder ``0700``; tighten it to ``0700`` if it is ours and wider (but
+        never a shared sticky folder such as ``/tmp``)."""
+        try:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            st = os.stat(self.folder)
+        except OSError as exc:
+            raise AuthLayerError(
+                f"cannot create the token cache folder {self.folder}: {exc.strerror}"
+            ) from None
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077 and not mode & stat.S_ISVTX and _owned(st):
+            with contextlib.suppress(OSError):
+                os.chmod(self.folder, 0o700)
+
+    def _update(self, change: Callable[[Records, Records], bool], *, create: bool) -> None:
+        """Read the file, apply ``change`` (which says whether it changed anything), prune and
+        write it back atomically, all under both locks."""
+        if not create and not os.path.lexists(self.path):
+            return  # nothing to remove; don't create the folder for it
+        with self._lock, self._locked():
+            snapshot = self._current(exact=True, locked=True)
+            tokens = dict(snapshot.tokens) if snapshot else {}
+            accounts = dict(snapshot.accounts) if snapshot else {}
+            if not change(tokens, accounts):
+                return
+            _prune(tokens, accounts, time.time())
+            raw = _encode(tokens, accounts)
+            stamp = self._write(raw)
+            self._snapshot = _Snapshot(stamp, raw, tokens, accounts)
+
+    def _write(self, raw: bytes) -> Stamp:
+        """Replace the file with ``raw`` atomically: a ``0600`` temporary file in the same
+        folder, flushed and synced, renamed onto it. Runs under the file lock."""
+        prefix = f".{os.path.basename(self.path)}."
+        self._remove_stale_temporaries(prefix)
+        tmp: Optional[str] = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.folder)
+            with os.fdopen(fd, "wb") as file:
+                file.write(raw)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, self.path)
+            tmp = None
+            _fsync_folder(self.folder)
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise AuthLayerError(
+                f"cannot write the token cache {self.path}: {exc.strerror}"
+            ) from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _remove_stale_temporaries(self, prefix: str) -> None:
+        """Temporary files left by a writer that died mid-write (they may hold tokens). Under
+        the file lock no other writer is busy, so every one found is stale."""
+        try:
+            with os.scandir(self.folder) as entries:
+                stale = [e.path for e in entries
+                         if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+        except OSError:
+            return
+        for path in stale:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
