@@ -28,7 +28,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .auth import EntraAuth
-    from .credential import credential
+    from .azure_credential import credential
     from .errors import AuthLayerError, ConfigError, TokenError
     from .provider import get_token, get_token_async
     from .token import AccessToken
@@ -41,7 +41,7 @@ _LAZY = {
     "EntraAuth": "auth",
     "get_token": "provider",
     "get_token_async": "provider",
-    "credential": "credential",
+    "credential": "azure_credential",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .credential import AsyncProfileCredential
+from .azure_credential import AsyncProfileCredential
 from .provider import PathArg, get_token_async
 
 __all__ = ["credential", "get_token_async"]
