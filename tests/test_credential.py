@@ -14,7 +14,8 @@ def test_sync_credential_gets_tokens_for_the_sdk_scopes(emu: Emulator, cc_profil
     token = cred.get_token("https://vault.azure.net/.default")
     assert jwtlib.decode(token.token)[1]["aud"] == "https://vault.azure.net"
     token_value, expires_on = token[:2]  # unpacks like azure-core's AccessToken
-    assert token_value == token.token and expires_on == token.expires_on
+    assert token_value == token.token
+    assert expires_on == token.expires_on
     assert cred.get_token("https://vault.azure.net/.default") == token  # cached
     assert emu.count("token") == 1
     assert repr(cred) == f"ProfileCredential({cc_profile!r})"
@@ -29,7 +30,8 @@ def test_get_token_info_and_tenant(emu: Emulator, cc_profile: str) -> None:
     with credential(cc_profile) as cred:
         info = cred.get_token_info(emu.api_scope, options={"tenant_id": other})
     assert jwtlib.decode(info.token)[1]["tid"] == other
-    assert info.refresh_on is not None and info.refresh_on < info.expires_on
+    assert info.refresh_on is not None
+    assert info.refresh_on < info.expires_on
     assert info.token not in repr(info)
 
 
