@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import re
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -30,22 +32,54 @@ _ENV = ["AUTHLAYER_CONFIG", "AUTHLAYER_PROFILE", "AUTHLAYER_CACHE_DIR", "HTTPS_P
         "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST", "AZURE_CONFIG_DIR", "BROWSER"]
 
 
+class _LogCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}")
+_emulators: list[Emulator] = []
+
+
 @pytest.fixture(autouse=True)
 def _clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """A clean environment and provider for every test, and a leak guard: everything the
+    `authlayer` logger says during the test, at DEBUG, must hold no JWT and no emulator app
+    secret."""
     for name in _ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AUTHLAYER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(_http, "BACKOFF_BASE", 0.01)
     PROVIDER.reset()
-    yield
-    PROVIDER.reset()
+    logger = logging.getLogger("authlayer")
+    collector = _LogCollector()
+    previous = logger.level
+    logger.addHandler(collector)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(collector)
+        logger.setLevel(previous)
+        PROVIDER.reset()
+    said = "\n".join(collector.lines)
+    assert not _JWT.search(said), "a token reached the authlayer log"
+    secrets = [app.secret for emu in _emulators for app in list(emu.state.apps.values())
+               if app.secret and len(app.secret) >= 8]
+    assert leaked(said, list(secrets)) == [], "a client secret reached the authlayer log"
 
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:
     with Emulator() as emu:
+        _emulators.append(emu)
         yield emu
+        _emulators.remove(emu)
 
 
 @pytest.fixture
