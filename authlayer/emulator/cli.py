@@ -85,7 +85,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             f'authority = "{emu.url}"',
             f'tenant = "{emu.tenant_id}"',
             f'client_id = "{app.client_id}"',
-            f'client_secret = {{ env = "{SECRET_ENV}" }}',
+            (f'client_secret = {{ env = "{SECRET_ENV}" }}' if env_secret
+             else f'client_secret = "{app.secret}"   # throwaway emulator secret'),
             f'scope = "{emu.api_scope}"',
             "",
             "Press Ctrl-C to stop.",
