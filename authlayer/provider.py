@@ -226,6 +226,8 @@ class Provider:
         try:
             result = yield from load_flow(profile.flow).acquire(ctx)
         except AuthLayerError as exc:
+            if seen is None and record is not None:  # e.g. another process's, due for refresh
+                seen = _entry_from_record(record, now, due=True)
             if seen is not None and not force and not claims and (
                 now < seen.token.expires_on - MIN_VALIDITY
             ):
@@ -390,7 +392,11 @@ class Provider:
         self._memory_store = MemoryStore()
 
 
-def _entry_from_record(record: dict[str, Any], now: float) -> Optional[CachedToken]:
+def _entry_from_record(
+    record: dict[str, Any], now: float, *, due: bool = False
+) -> Optional[CachedToken]:
+    """The cache entry for a stored record, if its token is not due for refresh (``due``: if it
+    has not expired)."""
     token = record.get("access_token")
     expires_on = record.get("expires_on")
     refresh_on = record.get("refresh_on")
@@ -398,7 +404,7 @@ def _entry_from_record(record: dict[str, Any], now: float) -> Optional[CachedTok
         return None
     if not isinstance(refresh_on, int):
         refresh_on = expires_on - 300
-    if now >= refresh_on:
+    if now >= (expires_on if due else refresh_on):
         return None
     token_type = record.get("token_type")
     public = AccessToken(token, expires_on, token_type if isinstance(token_type, str) else "Bearer")

@@ -373,3 +373,25 @@ def test_client_assertion_source_is_read_for_every_token_request(
         written.append(assertion)
         get_token("fed", force_refresh=True)
     assert [r.form["client_assertion"] for r in emu.requests] == written
+
+
+def test_new_process_keeps_a_stored_token_when_its_refresh_fails(
+    emu: Emulator, app: Any, secret: str, profiles: Profiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profiles.write(f"""
+        [profiles.filed]
+        flow = "client_credentials"
+        authority = "{emu.url}"
+        tenant = "{emu.tenant_id}"
+        client_id = "{app.client_id}"
+        client_secret = "{secret}"
+        scope = "{emu.api_scope}"
+        cache = "file"
+    """)
+    first = get_token("filed")
+    PROVIDER.reset()  # as if a new process started
+    clock = Clock()
+    clock.now = first.expires_on - 120  # due for refresh, still valid
+    monkeypatch.setattr(PROVIDER, "clock", clock)
+    emu.inject("status", count=10, status=503, retry_after=0)
+    assert get_token("filed") == first
