@@ -398,9 +398,18 @@ def _failure(exc: Exception) -> ConnectionFailed:
     return ConnectionFailed(f"{type(exc).__name__}: {redact(text)}")
 
 
-def _log_answer(request: HttpRequest, response: HttpResponse, started: float) -> None:
-    log.debug("%s %s -> HTTP %d in %.0f ms", request.method, request.host, response.status,
+def _build(client: Any, req: HttpRequest) -> Any:
+    """The httpx request for ``req`` (the same for the blocking and the async client)."""
+    return client.build_request(req.method, req.url, data=req.form, params=req.params,
+                                headers=_headers(req), timeout=req.timeout)
+
+
+def _answer(req: HttpRequest, r: Any, started: float) -> HttpResponse:
+    response = HttpResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()},
+                            r.content)
+    log.debug("%s %s -> HTTP %d in %.0f ms", req.method, req.host, response.status,
               (time.perf_counter() - started) * 1000)
+    return response
 
 
 def run_sync(flow: Flow[T]) -> T:
@@ -413,19 +422,11 @@ def run_sync(flow: Flow[T]) -> T:
         while True:
             try:
                 if isinstance(action, Send):
-                    if client is None:
-                        client = httpx.Client(verify=ssl_context(), trust_env=True)
-                    req = action.request
+                    client = client or httpx.Client(verify=ssl_context(), trust_env=True)
                     started = time.perf_counter()
                     try:
-                        r = client.request(
-                            req.method, req.url, data=req.form, params=req.params,
-                            headers=_headers(req), timeout=req.timeout,
-                        )
-                        result: Any = HttpResponse(
-                            r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content
-                        )
-                        _log_answer(req, result, started)
+                        r = client.send(_build(client, action.request))
+                        result: Any = _answer(action.request, r, started)
                     except httpx.TransportError as exc:
                         result = _failure(exc)
                 elif isinstance(action, Sleep):
@@ -457,19 +458,11 @@ async def run_async(flow: Flow[T]) -> T:
         while True:
             try:
                 if isinstance(action, Send):
-                    if client is None:
-                        client = httpx.AsyncClient(verify=ssl_context(), trust_env=True)
-                    req = action.request
+                    client = client or httpx.AsyncClient(verify=ssl_context(), trust_env=True)
                     started = time.perf_counter()
                     try:
-                        r = await client.request(
-                            req.method, req.url, data=req.form, params=req.params,
-                            headers=_headers(req), timeout=req.timeout,
-                        )
-                        result: Any = HttpResponse(
-                            r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content
-                        )
-                        _log_answer(req, result, started)
+                        r = await client.send(_build(client, action.request))
+                        result: Any = _answer(action.request, r, started)
                     except httpx.TransportError as exc:
                         result = _failure(exc)
                 elif isinstance(action, Sleep):

@@ -356,7 +356,8 @@ class Provider:
         if claims:
             return await run_async(self._obtain(binding, None, claims=claims, prompt=prompt))
         if force:
-            return await run_async(self._obtain(binding, entry, force=True, prompt=prompt))
+            return await run_async(self._obtain(binding, entry, force=True,
+                                                interactive=interactive, prompt=prompt))
 
         def make() -> Generator[Action, Any, CachedToken]:
             return self._obtain(binding, self.entries.get(binding.key),
