@@ -39,8 +39,12 @@ else:  # pragma: no cover - exercised on Python 3.9 and 3.10 only
 __all__ = [
     "AZURE_CLI_CLIENT_ID",
     "CLOUDS",
+    "ENV_AUTHORITY_HOST",
+    "ENV_CLIENT_ID",
     "ENV_CONFIG",
+    "ENV_FEDERATED_TOKEN_FILE",
     "ENV_PROFILE",
+    "ENV_TENANT_ID",
     "KEYS",
     "clear_cache",
     "config_path",
@@ -57,6 +61,14 @@ CONFIG_FILENAME = "profiles.toml"
 
 # The Azure CLI's own public client: its refresh tokens are only good for this id.
 AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+
+# What the Kubernetes workload identity webhook (and azure-identity) use; flow
+# `workload_identity` takes from them what the profile leaves out, when the profile is loaded.
+ENV_TENANT_ID = "AZURE_TENANT_ID"
+ENV_CLIENT_ID = "AZURE_CLIENT_ID"
+ENV_FEDERATED_TOKEN_FILE = "AZURE_FEDERATED_TOKEN_FILE"
+ENV_AUTHORITY_HOST = "AZURE_AUTHORITY_HOST"
+_WORKLOAD_ENV = (ENV_TENANT_ID, ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_AUTHORITY_HOST)
 
 CLOUDS: dict[str, str] = {
     "public": DEFAULT_AUTHORITY,
@@ -578,6 +590,8 @@ class _Builder:
                     where = "remove it"
                 raise self.error(key, f"{key} does not apply to flow {flow!r}: {where}")
         self.check_combinations(flow, rules)
+        if flow == "workload_identity":
+            self.workload_identity_env()
 
         v = self.values
         authority = DEFAULT_AUTHORITY
@@ -594,6 +608,8 @@ class _Builder:
         client_id = self.client_id(v["client_id"].value) if "client_id" in v else None
         client_secret = self.secret("client_secret")
         client_assertion = self.secret("client_assertion")
+        if flow == "workload_identity" and client_assertion is None:
+            client_assertion = self.federated_token_file()
         refresh_token = self.secret("refresh_token")
         password = self.secret("password")
         assertion_alg = self.choice("assertion_alg", ASSERTION_ALGS) or "PS256"
@@ -695,6 +711,31 @@ class _Builder:
                     "assertion_alg applies only with certificate: it chooses how the "
                     "certificate signs the client assertion",
                 )
+
+    def workload_identity_env(self) -> None:
+        """Fill what a workload identity profile leaves out from the environment: tenant,
+        client_id and authority (unless cloud is set). Read now, when the profile is loaded, so
+        that the profile is complete and cache keys tell apps apart; checked like the keys."""
+        env = os.environ
+        for key, name in (("tenant", ENV_TENANT_ID), ("client_id", ENV_CLIENT_ID)):
+            if key not in self.values and env.get(name, "").strip():
+                self.values[key] = _Value(env[name].strip(), f"from ${name}")
+        host = env.get(ENV_AUTHORITY_HOST, "").strip()
+        if host and "authority" not in self.values and "cloud" not in self.values:
+            # azure-identity accepts a bare host name here
+            url = host if "://" in host else f"https://{host}"
+            self.values["authority"] = _Value(url, f"from ${ENV_AUTHORITY_HOST}")
+
+    def federated_token_file(self) -> Optional[SecretSource]:
+        """The token file named by ``$AZURE_FEDERATED_TOKEN_FILE``, as a secret source whose
+        ``key`` is the variable's name (so that errors name it), or ``None``."""
+        raw = os.environ.get(ENV_FEDERATED_TOKEN_FILE, "").strip()
+        if not raw:
+            return None
+        path = os.path.abspath(os.path.expanduser(raw))
+        return SecretSource(
+            "file", path, key=ENV_FEDERATED_TOKEN_FILE, profile=self.name, path=self.file.path
+        )
 
     @staticmethod
     def missing_message(key: str, flow: str) -> str:
@@ -1069,7 +1110,8 @@ class _Builder:
 def _profile(file: _File, name: str, scope: Any, tenant: Any) -> Profile:
     if isinstance(scope, (list, tuple)):
         scope = tuple(scope)
-    memo: Any = (name, scope, tenant)
+    # Workload identity profiles take values from the environment: a change makes a new one.
+    memo: Any = (name, scope, tenant, tuple(os.environ.get(n) for n in _WORKLOAD_ENV))
     try:
         hash(memo)
     except TypeError:

@@ -80,6 +80,13 @@ AADSTS_HINTS: dict[int, str] = {
     700082: "the refresh token was unused for 90 days: sign in again (authlayer login PROFILE)",
     50173: "the grant was revoked (password changed?): sign in again (authlayer login PROFILE)",
     54005: "the authorization code was already redeemed: sign in again",
+    501481: "the PKCE code_verifier does not match the code_challenge: sign in again",
+    9002313: "the refresh token is malformed or unknown to the service: sign in again "
+    "(authlayer login PROFILE)",
+    50020: "the account does not exist in that tenant: check tenant, or invite the user there",
+    50013: "the incoming token (user_assertion) is not valid: expired, or not issued by Entra",
+    500131: "the incoming token (user_assertion) is for another API: its audience must be this "
+    "app's client id or api://<client id>",
     70016: "authorization is still pending",
     70018: "bad verification code: start the device code sign-in again",
     70019: "the device code expired before sign-in finished: start again",

@@ -20,7 +20,17 @@ from __future__ import annotations
 
 # The modules below register their routes and grants when imported. The API comes first so
 # that /api/... is never taken for a tenant name.
-from . import api, discovery, grants  # noqa: F401
+from . import (  # noqa: F401
+    api,
+    authorize,
+    device,
+    discovery,
+    federated,
+    grants,
+    managed_identity,
+    obo,
+    users,
+)
 from .clientauth import ClientAuth, authenticate_client
 from .faults import FAULT_KINDS, Fault
 from .grants import GRANTS, grant, token_response

@@ -212,7 +212,8 @@ def _check_assertion(emu: Emulator, req: Request, app: App, assertion: str) -> s
     if "x5t" not in header and "x5t#S256" not in header:
         for verifier in FEDERATED_VERIFIERS:
             if verifier(emu, req, app, header, claims):
-                _check_jti(emu, app, claims)
+                # No jti check: a federated token (a Kubernetes service account token, say) is
+                # presented again for every token request while it is valid, as Entra allows.
                 return "federated"
         if app.federated:
             raise EntraError(

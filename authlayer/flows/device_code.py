@@ -1,0 +1,162 @@
+"""The device code grant (RFC 8628): a person signs in on another device with a short code.
+
+The flow asks ``{authority}/{tenant}/oauth2/v2.0/devicecode`` for a code, shows the service's
+instructions through ``ctx.prompt`` (standard error by default), then polls the token endpoint
+every ``interval`` seconds by yielding :class:`~authlayer._http.Sleep` actions, so it never
+blocks an event loop: ``authorization_pending`` keeps polling, ``slow_down`` adds five seconds,
+anything else ends the flow. When the cache holds a refresh token from an earlier sign-in, that
+is tried first, silently (see :mod:`authlayer.flows.refresh`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+from typing import Any, Optional
+
+from .._http import (
+    Action,
+    HttpRequest,
+    HttpResponse,
+    Sleep,
+    error_from_response,
+    send,
+    token_response,
+)
+from ..errors import TokenError
+from ..token import TokenResult
+from . import FlowContext, endpoint
+from .refresh import complete, sign_in_scope, silently_first
+
+__all__ = ["DEFAULT_EXPIRES_IN", "DEFAULT_INTERVAL", "GRANT_TYPE", "acquire"]
+
+log = logging.getLogger("authlayer")
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
+DEFAULT_INTERVAL = 5.0  # seconds between polls when the service does not say
+DEFAULT_EXPIRES_IN = 900.0  # seconds the code lives when the service does not say
+SLOW_DOWN_STEP = 5.0
+
+_FAILURES = {
+    "authorization_declined": "the sign-in was declined",
+    "expired_token": "the device code expired before the sign-in finished",
+    "bad_verification_code": "the identity service does not know the device code",
+}
+
+
+def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
+    """A token for a person: from the cached refresh token, else by device code sign-in."""
+    return (yield from silently_first(ctx, sign_in))
+
+
+def _number(value: Any, default: float) -> float:
+    if isinstance(value, bool):
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if number >= 0 else default
+
+
+def _text(body: dict[str, Any], *names: str) -> Optional[str]:
+    for name in names:
+        value = body.get(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def instructions(body: dict[str, Any]) -> Optional[str]:
+    """What to show the person: the service's ``message``, else one built from
+    ``verification_uri`` (or ``verification_uri_complete``) and ``user_code``."""
+    message = _text(body, "message")
+    if message:
+        return message
+    user_code = _text(body, "user_code")
+    uri = _text(body, "verification_uri", "verification_url")
+    complete_uri = _text(body, "verification_uri_complete")
+    if complete_uri and uri and user_code:
+        return (f"To sign in, open {complete_uri} in a web browser (or open {uri} and enter "
+                f"the code {user_code}).")
+    if complete_uri:
+        return f"To sign in, open {complete_uri} in a web browser."
+    if uri and user_code:
+        return f"To sign in, use a web browser to open {uri} and enter the code {user_code}."
+    return None
+
+
+def _failure(err: TokenError, profile: str) -> TokenError:
+    """The polling error, with a message that says what happened."""
+    what = _FAILURES.get(err.error or "")
+    if what is None:
+        return err
+    return TokenError(
+        f"device code sign-in failed: {what}",
+        profile=profile,
+        error=err.error,
+        error_codes=err.error_codes,
+        description=err.description,
+        correlation_id=err.correlation_id,
+        status=err.status,
+    )
+
+
+def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
+    """Ask for a device code, show the instructions, poll until the person is done."""
+    profile = ctx.profile
+    name = profile.name
+    assert profile.client_id is not None
+    start = {"client_id": profile.client_id, "scope": sign_in_scope(ctx)}
+    if ctx.claims:
+        start["claims"] = ctx.claims
+    request = HttpRequest("POST", endpoint(profile, "devicecode"), form=start,
+                          timeout=profile.timeout, what="device code request")
+    response = yield from send(request, profile=name)
+    if response.status != 200:
+        raise error_from_response(response, profile=name, what="device code request")
+    body = response.json_object()
+    if body is None or "error" in body:
+        raise error_from_response(
+            HttpResponse(response.status if body is None else 400, response.headers,
+                         response.content),
+            profile=name, what="device code request")
+    device_code = _text(body, "device_code")
+    message = instructions(body)
+    if device_code is None or message is None:
+        raise TokenError(
+            "device code request answered without a device_code or sign-in instructions",
+            profile=name, status=response.status, error="malformed_response",
+        )
+    interval = _number(body.get("interval"), DEFAULT_INTERVAL)
+    deadline = ctx.clock() + _number(body.get("expires_in"), DEFAULT_EXPIRES_IN)
+    ctx.prompt(message)
+
+    form = {"grant_type": GRANT_TYPE, "client_id": profile.client_id, "device_code": device_code}
+    if ctx.claims:
+        form["claims"] = ctx.claims
+    token_url = ctx.token_url()
+    while True:
+        remaining = deadline - ctx.clock()
+        if remaining <= 0:
+            raise TokenError(
+                "device code sign-in failed: the device code expired before the sign-in "
+                "finished", profile=name, error="expired_token",
+            )
+        yield Sleep(min(interval, remaining))
+        poll = HttpRequest("POST", token_url, form=form, timeout=profile.timeout,
+                           what="device code token request")
+        answer = yield from send(poll, profile=name)
+        if answer.status == 200:
+            result = token_response(answer, profile=name, now=ctx.clock(),
+                                    what="device code token request")
+            return complete(result, account=ctx.account)
+        err = error_from_response(answer, profile=name, what="device code token request")
+        if err.error == "authorization_pending":
+            continue
+        if err.error == "slow_down":
+            interval += SLOW_DOWN_STEP
+            log.debug("profile %r: the service asked to poll more slowly (every %.0f s)",
+                      name, interval)
+            continue
+        raise _failure(err, name)

@@ -1,0 +1,46 @@
+"""The on-behalf-of grant: a web API that received a person's token trades it for a token to
+call another API as that person.
+
+The incoming token is ``ctx.user_assertion`` (``EntraAuth(..., user_assertion=...)``); the
+provider keys the cache by a hash of it, so two people's tokens are never mixed. The app
+authenticates with its secret, certificate or assertion, as for client credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from .._http import Action, HttpRequest, send, token_response
+from ..token import TokenResult
+from . import FlowContext
+from .client_auth import client_auth_fields
+from .refresh import complete
+
+__all__ = ["GRANT_TYPE", "acquire"]
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
+    """Exchange the incoming token for one for the profile's scope."""
+    profile = ctx.profile
+    assert profile.client_id is not None
+    assert ctx.user_assertion, "the provider refuses on_behalf_of without a user assertion"
+    url = ctx.token_url()
+    form = {
+        "grant_type": GRANT_TYPE,
+        "client_id": profile.client_id,
+        "assertion": ctx.user_assertion,
+        "requested_token_use": "on_behalf_of",
+        "scope": profile.scope,
+    }
+    form.update((yield from client_auth_fields(profile, url)))
+    if ctx.claims:
+        form["claims"] = ctx.claims
+    request = HttpRequest("POST", url, form=form, timeout=profile.timeout,
+                          what="on-behalf-of token request")
+    response = yield from send(request, profile=profile.name)
+    result = token_response(response, profile=profile.name, now=ctx.clock(),
+                            what="on-behalf-of token request")
+    return complete(result)

@@ -1,0 +1,67 @@
+"""Workload identity: client credentials with a federated token the platform hands the workload
+(a Kubernetes service account token, say) as the client assertion.
+
+The profile is complete when it reaches this module: :mod:`authlayer.config` fills ``tenant``,
+``client_id``, ``authority`` and the token file from ``AZURE_TENANT_ID``, ``AZURE_CLIENT_ID``,
+``AZURE_AUTHORITY_HOST`` and ``AZURE_FEDERATED_TOKEN_FILE`` when the profile leaves them out, so
+that cache keys tell two apps apart. This module checks that nothing is missing, reads the token
+file again for every token request (the platform rotates it) and sends the grant; the HTTP is
+:mod:`authlayer._http`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from .._http import Action, HttpRequest, send, token_response
+from ..config import ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID
+from ..errors import ConfigError
+from ..token import TokenResult
+from . import FlowContext
+from .client_auth import ASSERTION_TYPE, read_secret
+
+__all__ = ["acquire"]
+
+
+def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
+    """Exchange the federated token for an access token for the profile's scope."""
+    profile = ctx.profile
+    for key, variable in (("tenant", ENV_TENANT_ID), ("client_id", ENV_CLIENT_ID)):
+        if not getattr(profile, key):
+            raise profile.config_error(
+                f"{key} is missing: flow 'workload_identity' takes it from the profile's {key} "
+                f"or from ${variable} (which the workload identity webhook sets)",
+                key=key,
+            )
+    source = profile.client_assertion
+    if source is None:
+        raise profile.config_error(
+            "no federated token: flow 'workload_identity' reads the file named by "
+            f"${ENV_FEDERATED_TOKEN_FILE} (which the workload identity webhook sets), or the "
+            "profile's client_assertion",
+            key="client_assertion",
+        )
+    try:
+        assertion = yield from read_secret(source)
+    except ConfigError as exc:
+        if source.key != ENV_FEDERATED_TOKEN_FILE:
+            raise
+        raise profile.config_error(
+            f"the federated token: {exc.reason} (the path is ${ENV_FEDERATED_TOKEN_FILE}); in "
+            "Kubernetes, is the pod's service account set up for workload identity "
+            '(label azure.workload.identity/use: "true")?'
+        ) from None
+    assert profile.client_id is not None
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": profile.client_id,
+        "scope": profile.scope,
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion.strip(),
+    }
+    if ctx.claims:
+        form["claims"] = ctx.claims
+    request = HttpRequest("POST", ctx.token_url(), form=form, timeout=profile.timeout)
+    response = yield from send(request, profile=profile.name)
+    return token_response(response, profile=profile.name, now=ctx.clock())

@@ -1,0 +1,377 @@
+"""Device code sign-in end to end against the emulator: instructions on standard error, polling
+(pending, slow_down, declined, expired, bad code, the code's own deadline), async without
+blocking, Ctrl+C, silent reuse of the refresh token, and the ``authlayer`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import types
+from typing import Any
+
+import pytest
+
+from authlayer import EntraAuth, TokenError, _http, get_token, get_token_async, jwt
+from authlayer._http import HttpResponse, Send, Sleep
+from authlayer.cli import main
+from authlayer.config import load_profile
+from authlayer.emulator import Emulator
+from authlayer.emulator.device import DEVICE_CODE_GRANT, DeviceCodes, device_codes
+from authlayer.emulator.users import revoke_refresh_tokens
+from authlayer.flows import FlowContext, device_code
+from authlayer.provider import PROVIDER
+
+from .conftest import Client, Profiles
+from .signin_helpers import Approver, approve_in_background, new_person, write_profile
+
+
+@pytest.fixture
+def device(emu: Emulator) -> DeviceCodes:
+    controls = device_codes(emu)
+    controls.interval = 0  # emu.reset() puts the default back
+    controls.expires_in = 30
+    return controls
+
+
+@pytest.fixture
+def person(emu: Emulator) -> str:
+    return new_person(emu)
+
+
+@pytest.fixture
+def me(emu: Emulator, profiles: Profiles) -> str:
+    app = emu.register_app(public=True)
+    return write_profile(profiles, emu, "me", "device_code", client_id=app.client_id)
+
+
+def _no_prompt(message: str) -> None:
+    raise AssertionError(f"nobody should be asked to sign in, but was told: {message}")
+
+
+def _polls(emu: Emulator) -> int:
+    return emu.count("token", grant_type=DEVICE_CODE_GRANT)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_device_code_sign_in_reaches_the_api(emu: Emulator, device: DeviceCodes, person: str,
+                                            me: str, client: Client) -> None:
+    approver = Approver(emu, person)
+    answer = client.get(f"{emu.api_url}/me", EntraAuth(me, prompt=approver))
+    assert answer.status == 200
+    claims = answer.json()["claims"]
+    assert claims["preferred_username"] == person
+    assert claims["scp"] == "user_impersonation"
+    assert claims["idtyp"] == "user"
+    assert len(approver.messages) == 1
+    assert "enter the code" in approver.messages[0]
+    assert emu.count("devicecode") == 1
+    asked = emu.requests[0].form["scope"].split()
+    assert asked == [emu.api_scope, "openid", "profile", "offline_access"]
+
+
+def test_instructions_go_to_standard_error(emu: Emulator, device: DeviceCodes, person: str,
+                                          me: str, capsys: pytest.CaptureFixture[str]) -> None:
+    thread = approve_in_background(emu, person)
+    get_token(me)
+    thread.join(5)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "devicelogin" in err
+    assert device_codes(emu).pending() == []
+
+
+def test_instructions_are_built_when_the_service_sends_no_message(
+        emu: Emulator, device: DeviceCodes, person: str, me: str) -> None:
+    device.send_message = False
+    device.send_complete_uri = True
+    approver = Approver(emu, person)
+    get_token(me, prompt=approver)
+    (message,) = approver.messages
+    assert "/devicelogin?otc=" in message
+    assert "enter the code" in message
+
+
+def test_the_account_and_refresh_token_are_kept_but_not_in_the_cache_key(
+        emu: Emulator, device: DeviceCodes, person: str, me: str) -> None:
+    token = get_token(me, prompt=Approver(emu, person))
+    binding = PROVIDER.bind(me)
+    assert "offline_access" not in binding.key
+    record = PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key)
+    assert record is not None
+    claims = jwt.decode(token.token)[1]
+    assert record["account"] == {"home_account_id": f"{claims['oid']}.{claims['tid']}",
+                                 "username": person, "tenant_id": emu.tenant_id}
+    assert record["refresh_token"]
+
+
+# --------------------------------------------------------------------------- polling outcomes
+
+
+@pytest.mark.parametrize(("action", "error", "words"), [
+    ("decline", "authorization_declined", "declined"),
+    ("expire", "expired_token", "expired before the sign-in finished"),
+    ("forget", "bad_verification_code", "does not know the device code"),
+])
+def test_polling_ends_with_a_clear_error(emu: Emulator, device: DeviceCodes, me: str,
+                                         action: str, error: str, words: str) -> None:
+    with pytest.raises(TokenError) as info:
+        get_token(me, prompt=Approver(emu, "nobody", action=action))
+    assert info.value.error == error
+    assert words in str(info.value)
+    assert str(info.value).startswith("profile 'me': device code sign-in failed")
+    assert info.value.hint
+
+
+def test_pending_then_slow_down_then_approved(emu: Emulator, device: DeviceCodes, person: str,
+                                              me: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device_code, "SLOW_DOWN_STEP", 0.01)
+    device.slow_down(2)
+
+    def person_approves_after_four_polls() -> None:
+        deadline = time.monotonic() + 5
+        while _polls(emu) < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        device.approve(username=person)
+
+    thread = threading.Thread(target=person_approves_after_four_polls, daemon=True)
+    thread.start()
+    get_token(me, prompt=Approver(emu, person, action="nothing"))
+    thread.join(5)
+    assert _polls(emu) >= 5
+
+
+def test_the_codes_own_deadline_is_kept_by_the_clock(emu: Emulator, device: DeviceCodes,
+                                                     me: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    offset = [0.0]
+    monkeypatch.setattr(PROVIDER, "clock", lambda: time.time() + offset[0])
+
+    def prompt(message: str) -> None:
+        offset[0] = 31.0  # the person takes longer than the code's 30 s
+
+    with pytest.raises(TokenError) as info:
+        get_token(me, prompt=prompt)
+    assert info.value.error == "expired_token"
+    assert "expired before the sign-in finished" in str(info.value)
+    assert _polls(emu) == 0
+
+
+def test_ctrl_c_while_polling_propagates_and_leaves_nothing_behind(
+        emu: Emulator, device: DeviceCodes, person: str, me: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_http, "time", types.SimpleNamespace(
+            sleep=interrupted, time=time.time, perf_counter=time.perf_counter))
+        with pytest.raises(KeyboardInterrupt):
+            get_token(me, prompt=Approver(emu, person, action="nothing"))
+    assert _polls(emu) == 0
+    # The profile's lock was released: the next attempt signs in normally.
+    assert get_token(me, prompt=Approver(emu, person)).token
+
+
+def test_async_polling_does_not_block_the_event_loop(emu: Emulator, device: DeviceCodes,
+                                                    person: str, me: str) -> None:
+    device.interval = 0.01
+
+    async def run() -> int:
+        ticks = 0
+
+        async def the_person() -> None:
+            nonlocal ticks
+            while device.latest() is None:
+                ticks += 1
+                await asyncio.sleep(0.005)
+            for _ in range(3):  # the loop keeps running while the flow polls
+                ticks += 1
+                await asyncio.sleep(0.02)
+            device.approve(username=person)
+
+        task = asyncio.create_task(the_person())
+        token = await get_token_async(me, prompt=lambda message: None)
+        await task
+        assert jwt.decode(token.token)[1]["preferred_username"] == person
+        return ticks
+
+    assert asyncio.run(run()) >= 4
+    assert _polls(emu) >= 2
+
+
+def test_a_cancelled_async_sign_in_stops_polling(emu: Emulator, device: DeviceCodes,
+                                                 me: str) -> None:
+    device.interval = 0.01
+
+    async def run() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(get_token_async(me, prompt=lambda message: None), 0.2)
+
+    asyncio.run(run())
+    polls = _polls(emu)
+    assert polls >= 1
+    time.sleep(0.1)
+    assert _polls(emu) == polls
+
+
+def test_interval_and_slow_down_steps_sans_io(emu: Emulator, profiles: Profiles) -> None:
+    write_profile(profiles, emu, "me", "device_code", client_id="11111111-2222-3333-4444-5555")
+    shown: list[str] = []
+    ctx = FlowContext(load_profile("me"), prompt=shown.append)
+
+    def answer(status: int, body: dict[str, Any]) -> HttpResponse:
+        return HttpResponse(status, {"content-type": "application/json"},
+                            json.dumps(body).encode())
+
+    flow = device_code.acquire(ctx)
+    action = next(flow)
+    assert isinstance(action, Send)
+    assert action.request.url.endswith("/oauth2/v2.0/devicecode")
+    action = flow.send(answer(200, {"device_code": "dc", "user_code": "ABC",
+                                    "verification_uri": "https://example.test/devicelogin"}))
+    assert action == Sleep(5.0)  # no interval: five seconds
+    assert shown == ["To sign in, use a web browser to open https://example.test/devicelogin "
+                     "and enter the code ABC."]
+    sleeps = []
+    for error in ("slow_down", "slow_down", "authorization_pending"):
+        poll = flow.send(None)
+        assert isinstance(poll, Send)
+        assert poll.request.form is not None
+        assert poll.request.form["device_code"] == "dc"
+        sleep = flow.send(answer(400, {"error": error}))
+        assert isinstance(sleep, Sleep)
+        sleeps.append(sleep.seconds)
+    assert sleeps == [10.0, 15.0, 15.0]
+    flow.send(None)
+    id_token = ".".join([jwt.b64url_encode(b'{"alg":"none"}'), jwt.b64url_encode(json.dumps(
+        {"oid": "o1", "tid": "t1", "preferred_username": "p@x"}).encode()), "sig"])
+    with pytest.raises(StopIteration) as done:
+        flow.send(answer(200, {"access_token": "at", "expires_in": 3600, "refresh_token": "rt",
+                               "id_token": id_token}))
+    result = done.value.value
+    assert result.account == {"home_account_id": "o1.t1", "username": "p@x", "tenant_id": "t1"}
+    assert result.refresh_token == "rt"
+
+
+def test_a_device_code_answer_without_a_code_is_a_token_error(emu: Emulator, me: str) -> None:
+    emu.inject("missing_field", endpoint="devicecode", field="device_code")
+    with pytest.raises(TokenError) as info:
+        get_token(me, prompt=_no_prompt)
+    assert info.value.error == "malformed_response"
+
+
+# --------------------------------------------------------------------------- silent reuse
+
+
+def test_the_refresh_token_is_used_silently_and_the_newest_one_kept(
+        emu: Emulator, device: DeviceCodes, person: str, me: str) -> None:
+    first = get_token(me, prompt=Approver(emu, person))
+    second = get_token(me, force_refresh=True, prompt=_no_prompt)
+    third = get_token(me, force_refresh=True, prompt=_no_prompt)
+    assert len({first.token, second.token, third.token}) == 3
+    refreshes = [r.form["refresh_token"] for r in emu.requests
+                 if r.form.get("grant_type") == "refresh_token"]
+    assert len(refreshes) == 2
+    assert refreshes[0] != refreshes[1]  # the rotated one was kept and used
+    assert emu.count("devicecode") == 1
+
+
+def test_second_run_is_silent_with_the_file_cache(emu: Emulator, device: DeviceCodes,
+                                                  person: str, profiles: Profiles) -> None:
+    app = emu.register_app(public=True)
+    write_profile(profiles, emu, "me", "device_code", client_id=app.client_id, cache="file")
+    first = get_token("me", prompt=Approver(emu, person))
+    PROVIDER.reset()  # a new process
+    assert get_token("me", prompt=_no_prompt) == first
+    PROVIDER.reset()
+    renewed = get_token("me", force_refresh=True, prompt=_no_prompt)
+    assert renewed.token != first.token
+    assert emu.count("devicecode") == 1
+    assert emu.count("token", grant_type="refresh_token") == 1
+
+
+def test_a_refused_refresh_token_means_signing_in_again(emu: Emulator, device: DeviceCodes,
+                                                        person: str, me: str) -> None:
+    get_token(me, prompt=Approver(emu, person))
+    revoke_refresh_tokens(emu, username=person)
+    binding = PROVIDER.bind(me)
+    with pytest.raises(TokenError) as info:
+        PROVIDER.get(binding, force=True, interactive=False)
+    assert info.value.error_codes == (50173,)
+    assert "sign in again" in str(info.value)
+    approver = Approver(emu, person)
+    get_token(me, force_refresh=True, prompt=approver)
+    assert len(approver.messages) == 1
+    assert emu.count("devicecode") == 2
+
+
+def test_no_sign_in_when_no_person_may_be_asked(emu: Emulator, device: DeviceCodes,
+                                                me: str) -> None:
+    with pytest.raises(TokenError) as info:
+        PROVIDER.get(PROVIDER.bind(me), interactive=False)
+    assert info.value.error == "interaction_required"
+    assert "authlayer login me" in str(info.value)
+    assert emu.count("any") == 0
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_token_prints_only_the_token(emu: Emulator, device: DeviceCodes, person: str,
+                                         me: str, capsys: pytest.CaptureFixture[str]) -> None:
+    thread = approve_in_background(emu, person)
+    assert main(["token", me]) == 0
+    thread.join(5)
+    out, err = capsys.readouterr()
+    token = out.strip()
+    assert out == token + "\n"
+    assert jwt.decode(token)[1]["preferred_username"] == person
+    assert "enter the code" in err
+    assert token not in err
+
+
+def test_cli_login_keeps_the_sign_in_and_logout_forgets_it(
+        emu: Emulator, device: DeviceCodes, person: str, profiles: Profiles,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    app = emu.register_app(public=True)
+    write_profile(profiles, emu, "me", "device_code", client_id=app.client_id, cache="file")
+    thread = approve_in_background(emu, person)
+    assert main(["login", "me"]) == 0
+    thread.join(5)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "signed in with profile 'me'" in err
+    PROVIDER.reset()  # a new process
+    assert main(["token", "me"]) == 0
+    assert emu.count("devicecode") == 1
+    thread = approve_in_background(emu, person)
+    assert main(["login", "me"]) == 0  # login always signs in anew
+    thread.join(5)
+    assert emu.count("devicecode") == 2
+    assert emu.count("token", grant_type="refresh_token") == 0
+    assert main(["logout", "me"]) == 0
+    PROVIDER.reset()
+    thread = approve_in_background(emu, person)
+    assert main(["token", "me"]) == 0
+    thread.join(5)
+    assert emu.count("devicecode") == 3
+
+
+def test_cli_declined_sign_in_is_one_line_and_exit_1(emu: Emulator, device: DeviceCodes,
+                                                     me: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    def decline() -> None:
+        device.wait_for_pending(5)
+        device.decline()
+
+    thread = threading.Thread(target=decline, daemon=True)
+    thread.start()
+    assert main(["token", me]) == 1
+    thread.join(5)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines()[-1].startswith("authlayer: profile 'me': device code sign-in failed")
