@@ -65,12 +65,10 @@ def claims_from_challenge(header: Optional[str]) -> Optional[str]:
 
 
 def _origin(url: str) -> str:
-    """``scheme://netloc`` of a URL string, by slicing (no parsing on the hot path)."""
-    start = url.find("://")
-    end = url.find("/", start + 3) if start >= 0 else -1
-    origin = url if end < 0 else url[:end]
-    cut = origin.find("?")
-    return origin if cut < 0 else origin[:cut]
+    """``scheme://netloc`` of a prepared URL, by slicing (no parsing on the hot path). requests
+    always gives a path (``https://host/?q``), so the netloc ends at the first slash."""
+    end = url.find("/", url.find("://") + 3)
+    return url if end < 0 else url[:end]
 
 
 def _httpx_replayable(request: httpx.Request) -> bool:
@@ -221,7 +219,8 @@ class EntraAuth(httpx.Auth):
         else:
             replayable = False  # a generator or a one-shot stream: the 401 goes to the caller
         if replayable:
-            r.register_hook("response", _RequestsRetry(self, entry, position))  # type: ignore[no-untyped-call]
+            # What register_hook does, without its slow isinstance(hook, Callable) check.
+            r.hooks["response"].append(_RequestsRetry(self, entry, position))
         return r
 
 
@@ -236,10 +235,12 @@ class _RequestsRetry:
         self.position = position
 
     def __call__(self, r: requests.Response, **kwargs: Any) -> requests.Response:
+        if r.status_code != 401:
+            return r
         from requests.cookies import extract_cookies_to_jar
 
         prep = r.request
-        if r.status_code != 401 or getattr(prep, "_authlayer_resent", False):
+        if getattr(prep, "_authlayer_resent", False):
             return r
         if self.position is not None:
             body: Union[Any, None] = prep.body
