@@ -30,11 +30,11 @@ from collections.abc import Generator
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from .._http import Action, Call, HttpRequest, send, token_response
+from .._http import Action, Call
 from ..errors import TokenError, redact
 from ..token import TokenResult
 from . import FlowContext, endpoint
-from .client_auth import client_auth_fields
+from .client_auth import token_request
 from .refresh import complete, sign_in_scope, silently_first
 
 __all__ = ["SIGN_IN_TIMEOUT", "Callback", "LoopbackListener", "acquire", "pkce_pair"]
@@ -298,7 +298,6 @@ def _redeem(
 ) -> Generator[Action, Any, TokenResult]:
     profile = ctx.profile
     assert profile.client_id is not None
-    url = ctx.token_url()
     form = {
         "grant_type": "authorization_code",
         "client_id": profile.client_id,
@@ -307,12 +306,5 @@ def _redeem(
         "code_verifier": verifier,
         "scope": sign_in_scope(ctx),
     }
-    form.update((yield from client_auth_fields(profile, url)))
-    if ctx.claims:
-        form["claims"] = ctx.claims
-    request = HttpRequest("POST", url, form=form, timeout=profile.timeout,
-                          what="authorization code token request")
-    response = yield from send(request, profile=profile.name)
-    result = token_response(response, profile=profile.name, now=ctx.clock(),
-                            what="authorization code token request")
+    result = yield from token_request(ctx, form, what="authorization code token request")
     return complete(result, account=ctx.account)

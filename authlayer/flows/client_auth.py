@@ -1,8 +1,10 @@
-"""Client authentication for confidential clients: a secret, a certificate assertion, or a
-ready-made (federated) assertion, as form fields of a token request.
+"""Client authentication and the token request that every grant ends with.
 
-Shared by every grant a confidential client can use. Reading a secret source or a certificate
-file is blocking work, so it is yielded as a :class:`~authlayer._http.Call`.
+:func:`client_auth_fields` turns a confidential client's credential — a secret, a certificate
+assertion, or a ready-made (federated) assertion — into form fields; :func:`token_request` posts
+a grant's form to the token endpoint with those fields and any claims request, and parses the
+answer. Reading a secret source or a certificate file is blocking work, so it is yielded as a
+:class:`~authlayer._http.Call`.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from .._http import Action, Call
+from .._http import Action, Call, HttpRequest, send, token_response
 from ..profile import Profile, SecretSource
+from ..token import TokenResult
+from . import FlowContext
 
-__all__ = ["ASSERTION_TYPE", "client_auth_fields", "read_secret"]
+__all__ = ["ASSERTION_TYPE", "client_auth_fields", "read_secret", "token_request"]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -55,3 +59,25 @@ def client_auth_fields(profile: Profile, token_url: str) -> Generator[Action, An
         assertion = yield from read_secret(profile.client_assertion)
         return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
     return {}
+
+
+def token_request(
+    ctx: FlowContext,
+    form: dict[str, str],
+    *,
+    what: str = "token request",
+    authenticate: bool = True,
+) -> Generator[Action, Any, TokenResult]:
+    """POST a grant's ``form`` to the profile's token endpoint — with the client's credential
+    (unless ``authenticate`` is false: the form carries its own) and the context's claims
+    request — and return the parsed answer. Raises :class:`~authlayer.errors.TokenError`."""
+    profile = ctx.profile
+    url = ctx.token_url()
+    form = dict(form)
+    if authenticate:
+        form.update((yield from client_auth_fields(profile, url)))
+    if ctx.claims:
+        form["claims"] = ctx.claims
+    request = HttpRequest("POST", url, form=form, timeout=profile.timeout, what=what)
+    response = yield from send(request, profile=profile.name)
+    return token_response(response, profile=profile.name, now=ctx.clock(), what=what)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from .._http import Action, HttpRequest, send, token_response
+from .._http import Action
 from ..token import TokenResult
 from . import FlowContext
-from .client_auth import client_auth_fields
+from .client_auth import token_request
 from .refresh import complete
 
 __all__ = ["GRANT_TYPE", "acquire"]
@@ -27,7 +27,6 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     profile = ctx.profile
     assert profile.client_id is not None
     assert ctx.user_assertion, "the provider refuses on_behalf_of without a user assertion"
-    url = ctx.token_url()
     form = {
         "grant_type": GRANT_TYPE,
         "client_id": profile.client_id,
@@ -35,12 +34,5 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         "requested_token_use": "on_behalf_of",
         "scope": profile.scope,
     }
-    form.update((yield from client_auth_fields(profile, url)))
-    if ctx.claims:
-        form["claims"] = ctx.claims
-    request = HttpRequest("POST", url, form=form, timeout=profile.timeout,
-                          what="on-behalf-of token request")
-    response = yield from send(request, profile=profile.name)
-    result = token_response(response, profile=profile.name, now=ctx.clock(),
-                            what="on-behalf-of token request")
+    result = yield from token_request(ctx, form, what="on-behalf-of token request")
     return complete(result)

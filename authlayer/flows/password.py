@@ -17,10 +17,10 @@ import warnings
 from collections.abc import Generator
 from typing import Any
 
-from .._http import Action, HttpRequest, send, token_response
+from .._http import Action
 from ..token import TokenResult
 from . import FlowContext
-from .client_auth import client_auth_fields, read_secret
+from .client_auth import read_secret, token_request
 from .refresh import complete, sign_in_scope, silently_first
 
 __all__ = ["PasswordFlowWarning", "acquire"]
@@ -75,7 +75,6 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     assert profile.client_id is not None
     assert profile.username is not None
     assert profile.password is not None
-    url = ctx.token_url()
     form = {
         "grant_type": "password",
         "client_id": profile.client_id,
@@ -83,12 +82,5 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         "password": (yield from read_secret(profile.password)),
         "scope": sign_in_scope(ctx),
     }
-    form.update((yield from client_auth_fields(profile, url)))
-    if ctx.claims:
-        form["claims"] = ctx.claims
-    request = HttpRequest("POST", url, form=form, timeout=profile.timeout,
-                          what="password token request")
-    response = yield from send(request, profile=profile.name)
-    result = token_response(response, profile=profile.name, now=ctx.clock(),
-                            what="password token request")
+    result = yield from token_request(ctx, form, what="password token request")
     return complete(result, account=ctx.account)

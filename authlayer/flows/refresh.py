@@ -19,11 +19,11 @@ from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from .. import jwt
-from .._http import Action, HttpRequest, send, token_response
+from .._http import Action
 from ..errors import TokenError
 from ..token import TokenResult
 from . import FlowContext
-from .client_auth import client_auth_fields
+from .client_auth import token_request
 
 __all__ = [
     "SIGN_IN_SCOPES",
@@ -89,21 +89,13 @@ def redeem(
     answer brings the rotated refresh token and an id_token). Raises :class:`TokenError`."""
     profile = ctx.profile
     assert profile.client_id is not None
-    url = ctx.token_url()
     form = {
         "grant_type": "refresh_token",
         "client_id": profile.client_id,
         "refresh_token": refresh_token,
         "scope": scope if scope is not None else sign_in_scope(ctx),
     }
-    form.update((yield from client_auth_fields(profile, url)))
-    if ctx.claims:
-        form["claims"] = ctx.claims
-    request = HttpRequest("POST", url, form=form, timeout=profile.timeout,
-                          what="refresh token request")
-    response = yield from send(request, profile=profile.name)
-    result = token_response(response, profile=profile.name, now=ctx.clock(),
-                            what="refresh token request")
+    result = yield from token_request(ctx, form, what="refresh token request")
     return complete(result, refresh_token=refresh_token, account=ctx.account)
 
 

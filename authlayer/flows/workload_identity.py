@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from .._http import Action, HttpRequest, send, token_response
+from .._http import Action
 from ..config import ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID
 from ..errors import ConfigError
 from ..token import TokenResult
 from . import FlowContext
-from .client_auth import ASSERTION_TYPE, read_secret
+from .client_auth import ASSERTION_TYPE, read_secret, token_request
 
 __all__ = ["acquire"]
 
@@ -60,8 +60,4 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         "client_assertion_type": ASSERTION_TYPE,
         "client_assertion": assertion.strip(),
     }
-    if ctx.claims:
-        form["claims"] = ctx.claims
-    request = HttpRequest("POST", ctx.token_url(), form=form, timeout=profile.timeout)
-    response = yield from send(request, profile=profile.name)
-    return token_response(response, profile=profile.name, now=ctx.clock())
+    return (yield from token_request(ctx, form, authenticate=False))
