@@ -35,7 +35,8 @@ class FlowContext:
     the incoming token for on-behalf-of; ``refresh_token`` one found in the cache, for flows that
     can use it; ``interactive`` is false when no person may be asked (then a flow that would
     need a person raises :class:`~authlayer.errors.TokenError`); ``prompt`` shows sign-in
-    instructions.
+    instructions; ``fresh_sign_in`` is true for ``authlayer login``: sign the person in anew
+    (ignore any kept refresh token, and let them choose the account).
     """
 
     profile: Profile
@@ -44,6 +45,7 @@ class FlowContext:
     refresh_token: Optional[str] = field(default=None, repr=False)
     account: Optional[dict[str, Any]] = None
     interactive: bool = True
+    fresh_sign_in: bool = False
     prompt: Callable[[str], None] = default_prompt
     clock: Callable[[], float] = time.time
 
