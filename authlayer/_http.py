@@ -21,6 +21,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -80,6 +81,9 @@ class HttpRequest:
     max_attempts: int = MAX_ATTEMPTS
     max_retry_after: float = MAX_RETRY_AFTER
     what: str = "token request"
+    proxy: bool = True
+    """False: never through a proxy (managed identity endpoints: a proxy must not see their
+    secret header, and could not reach a link-local or loopback address anyway)."""
 
     @property
     def host(self) -> str:
@@ -109,13 +113,17 @@ class HttpResponse:
 
 @dataclass(frozen=True)
 class ConnectionFailed:
-    """What the driver sends back when no answer came (refused, reset, timed out).
+    """What the driver sends back when no usable answer came.
 
-    ``retry`` is false when trying again cannot help (the server's certificate is not trusted).
+    ``kind`` says what happened: ``"connect"`` (refused, or no connection within the timeout),
+    ``"timeout"`` (connected, but no answer in time), ``"dropped"`` (the connection broke),
+    ``"tls"`` (the server's certificate is not trusted), ``"invalid"`` (a URL or answer that
+    cannot work). ``retry`` is false when trying again cannot help.
     """
 
     reason: str
     retry: bool = True
+    kind: str = "dropped"
 
 
 @dataclass(frozen=True)
@@ -173,17 +181,27 @@ def backoff(attempt: int) -> float:
     return float(BACKOFF_BASE * (2 ** (attempt - 1)) * random.uniform(0.75, 1.25))  # noqa: S311
 
 
-def send(request: HttpRequest, *, profile: Optional[str] = None) -> Flow[HttpResponse]:
+def send(
+    request: Union[HttpRequest, Callable[[], Flow[HttpRequest]]],
+    *,
+    profile: Optional[str] = None,
+) -> Flow[HttpResponse]:
     """Send ``request`` with bounded retries; return the final answer.
 
+    ``request`` may be a function returning a flow that builds the request: it is called for
+    every attempt, so that a client assertion is made anew (with a fresh ``jti``) each time.
     429 and the 5xx in ``request.retry_statuses`` and dropped connections are retried up to
     ``request.max_attempts`` attempts in all, waiting ``Retry-After`` when given (up to
     ``request.max_retry_after``) or an exponential backoff. Other answers return at once. When no
     attempt got an answer, raises :class:`TokenError`.
     """
+    build = None if isinstance(request, HttpRequest) else request
     attempt = 0
     while True:
         attempt += 1
+        if build is not None:
+            request = yield from build()
+        assert isinstance(request, HttpRequest)
         result = yield Send(request)
         if isinstance(result, ConnectionFailed):
             if attempt >= request.max_attempts or not result.retry:
@@ -221,13 +239,15 @@ def _number(value: Any) -> Optional[int]:
     """Entra sends numbers, or numbers as strings; anything else is ``None``."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return int(value)
     if isinstance(value, str):
         try:
-            return int(float(value.strip()))
+            value = float(value.strip())
         except ValueError:
             return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
     return None
 
 
@@ -328,6 +348,12 @@ def token_response(
             f"{what} answered without expires_in or expires_on", profile=profile, status=200,
             error="malformed_response",
         )
+    if expires_on <= now:
+        raise TokenError(
+            f"{what} answered with a token that has already expired (expires_on "
+            f"{expires_on}, now {int(now)}): check this machine's clock",
+            profile=profile, status=200, error="malformed_response",
+        )
     token_type = body.get("token_type")
     refresh_token = body.get("refresh_token")
     scope = body.get("scope")
@@ -385,17 +411,27 @@ def _headers(request: HttpRequest) -> dict[str, str]:
 
 
 def _failure(exc: Exception) -> ConnectionFailed:
+    """What an httpx exception means for the retry policy."""
+    import httpx
+
     text = str(exc) or type(exc).__name__
+    reason = f"{type(exc).__name__}: {redact(text)}"
     cause: Optional[BaseException] = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return ConnectionFailed(
                 f"the server's TLS certificate is not trusted ({redact(text)}); set "
                 "SSL_CERT_FILE or REQUESTS_CA_BUNDLE to a CA bundle that includes its issuer",
-                retry=False,
+                retry=False, kind="tls",
             )
         cause = cause.__cause__ or cause.__context__
-    return ConnectionFailed(f"{type(exc).__name__}: {redact(text)}")
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return ConnectionFailed(reason, kind="connect")
+    if isinstance(exc, httpx.TimeoutException):
+        return ConnectionFailed(reason, kind="timeout")
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.DecodingError, httpx.InvalidURL)):
+        return ConnectionFailed(reason, retry=False, kind="invalid")
+    return ConnectionFailed(reason)
 
 
 def _build(client: Any, req: HttpRequest) -> Any:
@@ -412,22 +448,32 @@ def _answer(req: HttpRequest, r: Any, started: float) -> HttpResponse:
     return response
 
 
+def _new_client(cls: Any, proxy: bool) -> Any:
+    """An httpx client (``cls``: ``httpx.Client`` or ``httpx.AsyncClient``). With ``proxy``
+    false, proxies from the environment are ignored (CA bundles still apply: ``verify`` is ours).
+    """
+    return cls(verify=ssl_context(), trust_env=proxy)
+
+
 def run_sync(flow: Flow[T]) -> T:
     """Run a flow to completion with blocking I/O."""
     import httpx
 
-    client: Optional[httpx.Client] = None
+    clients: dict[bool, httpx.Client] = {}
     try:
         action = next(flow)
         while True:
             try:
                 if isinstance(action, Send):
-                    client = client or httpx.Client(verify=ssl_context(), trust_env=True)
+                    req = action.request
+                    client = clients.get(req.proxy)
+                    if client is None:
+                        client = clients[req.proxy] = _new_client(httpx.Client, req.proxy)
                     started = time.perf_counter()
                     try:
-                        r = client.send(_build(client, action.request))
-                        result: Any = _answer(action.request, r, started)
-                    except httpx.TransportError as exc:
+                        r = client.send(_build(client, req))
+                        result: Any = _answer(req, r, started)
+                    except (httpx.HTTPError, httpx.InvalidURL) as exc:
                         result = _failure(exc)
                 elif isinstance(action, Sleep):
                     time.sleep(action.seconds)
@@ -442,7 +488,7 @@ def run_sync(flow: Flow[T]) -> T:
         return stop.value  # type: ignore[no-any-return]
     finally:
         flow.close()
-        if client is not None:
+        for client in clients.values():
             client.close()
 
 
@@ -452,18 +498,24 @@ async def run_async(flow: Flow[T]) -> T:
     import anyio.to_thread
     import httpx
 
-    client: Optional[httpx.AsyncClient] = None
+    clients: dict[bool, httpx.AsyncClient] = {}
     try:
         action = next(flow)
         while True:
             try:
                 if isinstance(action, Send):
-                    client = client or httpx.AsyncClient(verify=ssl_context(), trust_env=True)
+                    req = action.request
+                    client = clients.get(req.proxy)
+                    if client is None:
+                        # Loading the CA bundle and building a client take tens of ms the
+                        # first time: not on the event loop.
+                        client = clients[req.proxy] = await anyio.to_thread.run_sync(
+                            _new_client, httpx.AsyncClient, req.proxy)
                     started = time.perf_counter()
                     try:
-                        r = await client.send(_build(client, action.request))
-                        result: Any = _answer(action.request, r, started)
-                    except httpx.TransportError as exc:
+                        r = await client.send(_build(client, req))
+                        result: Any = _answer(req, r, started)
+                    except (httpx.HTTPError, httpx.InvalidURL) as exc:
                         result = _failure(exc)
                 elif isinstance(action, Sleep):
                     await anyio.sleep(action.seconds)
@@ -478,5 +530,5 @@ async def run_async(flow: Flow[T]) -> T:
         return stop.value  # type: ignore[no-any-return]
     finally:
         flow.close()
-        if client is not None:
+        for client in clients.values():
             await client.aclose()

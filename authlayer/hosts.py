@@ -45,7 +45,7 @@ class NoHostError(ValueError):
 def is_loopback(host: str) -> bool:
     """True for ``localhost``, ``127.0.0.0/8`` and ``::1`` (brackets allowed)."""
     host = host.strip("[]").lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":  # not "*.localhost": outside systemd's resolver that goes to DNS
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -73,11 +73,15 @@ def token_request(
     request — and return the parsed answer. Raises :class:`~authlayer.errors.TokenError`."""
     profile = ctx.profile
     url = ctx.token_url()
-    form = dict(form)
-    if authenticate:
-        form.update((yield from client_auth_fields(profile, url)))
-    if ctx.claims:
-        form["claims"] = ctx.claims
-    request = HttpRequest("POST", url, form=form, timeout=profile.timeout, what=what)
-    response = yield from send(request, profile=profile.name)
+
+    def build() -> Generator[Action, Any, HttpRequest]:
+        # Called for every attempt: a retried request gets a new assertion (a fresh jti).
+        fields = dict(form)
+        if authenticate:
+            fields.update((yield from client_auth_fields(profile, url)))
+        if ctx.claims:
+            fields["claims"] = ctx.claims
+        return HttpRequest("POST", url, form=fields, timeout=profile.timeout, what=what)
+
+    response = yield from send(build, profile=profile.name)
     return token_response(response, profile=profile.name, now=ctx.clock(), what=what)
