@@ -84,6 +84,16 @@ def _httpx_replayable(request: httpx.Request) -> bool:
     return False
 
 
+def _rejected(request: httpx.Request, response: httpx.Response, entry: CachedToken) -> bool:
+    """Was our token refused? A 401 to the request that carried it — not to a redirect target
+    that never saw it — whose body can be sent again."""
+    return (
+        response.status_code == 401
+        and response.request.headers.get("authorization") == entry.header
+        and _httpx_replayable(request)
+    )
+
+
 class EntraAuth(httpx.Auth):
     """Attach a profile's Entra ID token to requests, with ``requests`` or ``httpx``.
 
@@ -168,11 +178,11 @@ class EntraAuth(httpx.Auth):
             entry = PROVIDER.get(binding, prompt=self._prompt)
         request.headers["Authorization"] = entry.header
         response = yield request
-        if response.status_code != 401 or not _httpx_replayable(request):
+        if not _rejected(request, response, entry):
             return
         claims = claims_from_challenge(response.headers.get("www-authenticate"))
         response.read()
-        entry = PROVIDER.after_rejection(binding, entry, claims=claims)
+        entry = PROVIDER.after_rejection(binding, entry, claims=claims, prompt=self._prompt)
         request.headers["Authorization"] = entry.header
         yield request
 
@@ -181,7 +191,12 @@ class EntraAuth(httpx.Auth):
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """httpx (async): the same, without ever blocking the event loop."""
         url = request.url
-        binding = self._binding or self.binding
+        binding = self._binding
+        if binding is None:  # first request: read the profile off the event loop
+            profile, config, scope, tenant = self._args
+            binding = self._binding = await PROVIDER.bind_async(
+                profile, config=config, scope=scope, tenant=tenant,
+                user_assertion=self._user_assertion)
         if not binding.hosts.allows(url.scheme, url.host):
             yield request
             return
@@ -190,11 +205,12 @@ class EntraAuth(httpx.Auth):
             entry = await PROVIDER.get_async(binding, prompt=self._prompt)
         request.headers["Authorization"] = entry.header
         response = yield request
-        if response.status_code != 401 or not _httpx_replayable(request):
+        if not _rejected(request, response, entry):
             return
         claims = claims_from_challenge(response.headers.get("www-authenticate"))
         await response.aread()
-        entry = await PROVIDER.after_rejection_async(binding, entry, claims=claims)
+        entry = await PROVIDER.after_rejection_async(binding, entry, claims=claims,
+                                                     prompt=self._prompt)
         request.headers["Authorization"] = entry.header
         yield request
 
@@ -240,7 +256,11 @@ class _RequestsRetry:
         from requests.cookies import extract_cookies_to_jar
 
         prep = r.request
-        if getattr(prep, "_authlayer_resent", False):
+        # requests copies hooks onto redirected requests: act only on the request that carried
+        # our token, and only where the token may go.
+        if (getattr(prep, "_authlayer_resent", False)
+                or prep.headers.get("Authorization") != self.entry.header
+                or not prep.url or not self.auth._allowed(prep.url)):
             return r
         if self.position is not None:
             body: Union[Any, None] = prep.body
@@ -252,7 +272,8 @@ class _RequestsRetry:
         # Consume and release the first answer so its connection can be reused.
         _ = r.content
         r.close()
-        entry = PROVIDER.after_rejection(self.auth.binding, self.entry, claims=claims)
+        entry = PROVIDER.after_rejection(self.auth.binding, self.entry, claims=claims,
+                                         prompt=self.auth._prompt)
         again = prep.copy()
         again._authlayer_resent = True  # type: ignore[attr-defined,unused-ignore]
         jar = again._cookies  # type: ignore[attr-defined]

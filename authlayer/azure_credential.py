@@ -26,6 +26,10 @@ class AccessTokenInfo:
     refresh_on: Optional[int] = None
 
 
+# Flows that have no tenant to choose: an SDK's tenant_id is ignored, as azure-identity does.
+_TENANTLESS = frozenset({"managed_identity"})
+
+
 def _info(entry: CachedToken) -> AccessTokenInfo:
     return AccessTokenInfo(entry.token.token, entry.token.expires_on, entry.token.token_type,
                            entry.refresh_on)
@@ -40,8 +44,13 @@ class _Base:
         return f"{type(self).__name__}({self._profile!r})"
 
     def _bind(self, scopes: tuple[str, ...], tenant_id: Optional[str]) -> Binding:
-        return PROVIDER.bind(self._profile, config=self._config, scope=scopes or None,
-                             tenant=tenant_id)
+        binding = PROVIDER.bind(self._profile, config=self._config, scope=scopes or None)
+        if tenant_id and binding.profile.flow not in _TENANTLESS and (
+            tenant_id.lower() != (binding.profile.tenant or "").lower()
+        ):
+            binding = PROVIDER.bind(self._profile, config=self._config, scope=scopes or None,
+                                    tenant=tenant_id)
+        return binding
 
     @staticmethod
     def _options(options: Optional[dict[str, Any]]) -> tuple[Optional[str], Optional[str]]:

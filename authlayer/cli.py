@@ -116,10 +116,9 @@ def _cmd_login(args: argparse.Namespace) -> int:
 
     binding = PROVIDER.bind(args.profile, config=args.config, scope=args.scope,
                             tenant=args.tenant)
-    if binding.profile.flow in ("device_code", "authorization_code"):
-        # Sign in anew (perhaps as someone else), even when a refresh token is kept.
-        PROVIDER.forget(binding)
-    entry = PROVIDER.get(binding, force=True)
+    # Sign in anew (perhaps as someone else), even when a refresh token is kept; the kept
+    # sign-in is replaced only if this one succeeds.
+    entry = PROVIDER.login(binding)
     where = "the token cache file" if binding.profile.cache == "file" else "memory only"
     print(f"signed in with profile {binding.profile.name!r}; token valid until "
           f"{_when(entry.token.expires_on)} (kept in {where})", file=sys.stderr)

@@ -1,22 +1,25 @@
 """The token provider: ties profiles, the caches and the flows together.
 
-It owns the process-wide in-memory cache. The hot path is :meth:`Provider.cached`-style code in
-the callers: one dict read and one comparison with the clock. Everything else here is the slow
-path, which runs only on a miss, a refresh or after a 401:
+It owns the process-wide in-memory cache. The hot path lives in the callers (``EntraAuth``,
+``get_token``): one dict read and one comparison with the clock. Everything here is the slow
+path, which runs only on a miss, a refresh, or after a 401:
 
-* single flight: concurrent misses for one key make one request to the identity service
-  (a ``threading.Lock`` per key for threads, an in-flight record per key and event loop for
-  async tasks, asyncio or trio);
-* refresh ahead of expiry, and if that refresh fails while the old token is still valid, keep
-  serving the old one (and try again 30 s later, not on every request);
+* single flight: however many threads and tasks (asyncio or trio, on any number of event
+  loops) need the same missing or expiring token, one of them — the leader — asks the identity
+  service; the others wait for its outcome, success or failure, and share it;
+* refresh ahead of expiry without making anyone wait: while the current token is still valid,
+  only the leader waits for the new one; everybody else keeps using the current one;
+* if that refresh fails while the old token is still valid, keep serving it (and try again 30 s
+  later, not on every request); a person is never asked to sign in while it is still valid;
 * after a 401, drop exactly the rejected token, once, however many requests saw it;
-* tokens obtained for a claims challenge never enter the plain cache;
+* tokens obtained for a claims challenge live under their own key, never the plain one;
 * records (refresh tokens, accounts) kept in a :class:`~authlayer.store.TokenStore`: in memory,
   or in the persistent file cache for profiles with ``cache = "file"``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -42,9 +45,15 @@ log = logging.getLogger("authlayer")
 RETRY_REFRESH_AFTER = 30
 # A token this close to expiry is not served as a fallback.
 MIN_VALIDITY = 10
+# Past this many cache entries (many on-behalf-of users), expired ones are swept out.
+SWEEP_ABOVE = 1000
+
+# Flows whose tokens belong to whoever signs in with the profile: their keys name the profile.
+PERSON_FLOWS = frozenset({"device_code", "authorization_code", "refresh_token"})
 
 PathArg = Union[str, "os.PathLike[str]", None]
 ScopeArg = Union[str, Sequence[str], None]
+Prompt = Optional[Callable[[str], None]]
 
 
 class CachedToken(NamedTuple):
@@ -70,9 +79,9 @@ def _digest(text: str) -> str:
 class Binding:
     """A profile with its call's overrides, ready to use: its cache keys and host policy.
 
-    ``key`` identifies the token (authority, tenant, client, credential, scopes, user
-    assertion); ``account_key`` the sign-in it came from (the same without the scopes), under
-    which refresh tokens are kept.
+    ``key`` identifies the token (authority, tenant, client, credential, scopes, and whose it
+    is); ``account_key`` the sign-in it came from (the same without the scopes), under which
+    refresh tokens are kept. Every token key of an account starts with ``account_key + "|"``.
     """
 
     profile: Profile
@@ -93,8 +102,16 @@ class Binding:
             )
         who = [profile.username or "", profile.login_hint or "", profile.object_id or "",
                profile.resource_id or ""]
+        if profile.flow in PERSON_FLOWS:
+            # Two profiles of one app are two people's sign-ins: never share their tokens.
+            who.append("profile:" + profile.name)
+        if profile.refresh_token is not None:
+            who.append("rt:" + _digest(profile.refresh_token.identity))
         if user_assertion:
             who.append("obo:" + _digest(user_assertion))
+        identity = getattr(load_flow(profile.flow), "cache_identity", None)
+        if identity is not None:
+            who.append(str(identity(profile)))  # e.g. the Azure CLI's signed-in account
         account = "|".join([
             profile.flow, profile.authority, profile.tenant or "", profile.client_id or "",
             profile.credential_identity, *who,
@@ -103,24 +120,67 @@ class Binding:
         return cls(profile, f"{account}|{scopes}", account, user_assertion)
 
 
-@dataclass
 class _Flight:
-    """One async acquisition under way, that other tasks of the same event loop wait for."""
+    """One acquisition under way. Threads wait on ``done``; async tasks register a callback
+    that wakes them on their own event loop."""
 
-    event: Any
-    result: Optional[CachedToken] = None
-    error: Optional[BaseException] = None
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Optional[CachedToken] = None
+        self.error: Optional[BaseException] = None
+        self._waiters: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
 
+    def finish(self, result: Optional[CachedToken], error: Optional[BaseException]) -> None:
+        with self._lock:
+            self.result, self.error = result, error
+            self.done.set()
+            waiters, self._waiters = self._waiters, []
+        for wake in waiters:
+            # RuntimeError: that event loop has closed, so nobody is waiting there any more.
+            with contextlib.suppress(RuntimeError):
+                wake()
 
-def _loop_id() -> int:
-    import asyncio
+    def add_waiter(self, wake: Callable[[], None]) -> bool:
+        """Call ``wake`` when the flight lands; False if it already has."""
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self._waiters.append(wake)
+            return True
 
-    try:
-        return id(asyncio.get_running_loop())
-    except RuntimeError:
-        import trio
+    def outcome(self) -> Optional[CachedToken]:
+        """The leader's token, or its error raised here; ``None`` if the leader was
+        interrupted (cancelled, Ctrl-C), so that the caller should try again itself."""
+        if self.error is not None:
+            if isinstance(self.error, Exception):
+                raise self.error
+            return None
+        return self.result
 
-        return id(trio.lowlevel.current_trio_token())
+    async def wait(self) -> None:
+        """Wait without blocking the event loop (asyncio or trio)."""
+        import anyio
+        import sniffio
+
+        event = anyio.Event()
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            token = trio.lowlevel.current_trio_token()
+
+            def wake() -> None:
+                token.run_sync_soon(event.set)
+        else:
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+
+            def wake() -> None:
+                loop.call_soon_threadsafe(event.set)
+
+        if self.add_waiter(wake):
+            await event.wait()
 
 
 def _record(result: TokenResult) -> dict[str, Any]:
@@ -137,14 +197,23 @@ class Provider:
 
     def __init__(self) -> None:
         self.entries: dict[str, CachedToken] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        self._flights: dict[str, _Flight] = {}
         self._guard = threading.Lock()
-        self._flights: dict[tuple[str, int], _Flight] = {}
         self._bindings: dict[tuple[Any, ...], Binding] = {}
         self._memory_store = MemoryStore()
         self.clock: Callable[[], float] = time.time
 
     # ------------------------------------------------------------------ binding
+
+    def _memo(self, profile: Optional[str], config: PathArg, scope: ScopeArg,
+              tenant: Optional[str], user_assertion: Optional[str]) -> tuple[Any, ...]:
+        scope_key = scope if scope is None or isinstance(scope, str) else tuple(scope)
+        config_key = os.fspath(config) if config is not None else None
+        return (
+            profile if profile is not None else ("$", os.environ.get("AUTHLAYER_PROFILE")),
+            config_key if config_key is not None else ("$", os.environ.get("AUTHLAYER_CONFIG")),
+            scope_key, tenant, _digest(user_assertion) if user_assertion else None,
+        )
 
     def bind(
         self,
@@ -156,13 +225,7 @@ class Provider:
         user_assertion: Optional[str] = None,
     ) -> Binding:
         """Resolve a profile name and overrides to a :class:`Binding`, once per process."""
-        scope_key = scope if scope is None or isinstance(scope, str) else tuple(scope)
-        config_key = os.fspath(config) if config is not None else None
-        memo = (
-            profile if profile is not None else ("$", os.environ.get("AUTHLAYER_PROFILE")),
-            config_key if config_key is not None else ("$", os.environ.get("AUTHLAYER_CONFIG")),
-            scope_key, tenant, user_assertion,
-        )
+        memo = self._memo(profile, config, scope, tenant, user_assertion)
         binding = self._bindings.get(memo)
         if binding is None:
             from .config import load_profile
@@ -173,6 +236,26 @@ class Provider:
                 self._bindings.clear()
             self._bindings[memo] = binding
         return binding
+
+    async def bind_async(
+        self,
+        profile: Optional[str] = None,
+        *,
+        config: PathArg = None,
+        scope: ScopeArg = None,
+        tenant: Optional[str] = None,
+        user_assertion: Optional[str] = None,
+    ) -> Binding:
+        """:meth:`bind` for async code: the first time, the profiles file is read in a worker
+        thread, not on the event loop."""
+        binding = self._bindings.get(self._memo(profile, config, scope, tenant, user_assertion))
+        if binding is not None:
+            return binding
+        import anyio.to_thread
+
+        return await anyio.to_thread.run_sync(
+            lambda: self.bind(profile, config=config, scope=scope, tenant=tenant,
+                              user_assertion=user_assertion))
 
     def store_for(self, profile: Profile) -> TokenStore:
         """Where records (refresh tokens, accounts) of this profile are kept."""
@@ -187,50 +270,59 @@ class Provider:
     def _obtain(
         self,
         binding: Binding,
-        seen: Optional[CachedToken],
         *,
+        key: str,
         claims: Optional[str] = None,
         force: bool = False,
         rejected: bool = False,
+        fresh_sign_in: bool = False,
         interactive: bool = True,
-        prompt: Optional[Callable[[str], None]] = None,
+        prompt: Prompt = None,
     ) -> Generator[Action, Any, CachedToken]:
-        """Get a token from the store or the flow; keep it. Runs under the key's single flight.
+        """Get a token from the store or the flow and keep it (under ``key``: the plain key, or
+        a claims key). Runs as the leader of ``key``'s single flight.
 
-        ``rejected``: the stored access token got a 401; forget it (but not the refresh token).
+        ``force``: don't reuse a stored token. ``rejected``: the stored token got a 401; forget
+        it (not the refresh token). ``fresh_sign_in``: ``authlayer login`` — sign in anew and,
+        on success only, replace the account's tokens.
         """
         profile = binding.profile
         store = self.store_for(profile)
         now = self.clock()
+        seen = self.entries.get(key)
         record: Optional[dict[str, Any]] = None
-        if rejected:
-            yield Call(lambda: store.discard(binding.key))
-        if not claims:
+        try:
+            if rejected:
+                yield Call(lambda: store.discard(binding.key))
             found = yield Call(lambda: store.load(binding.key, binding.account_key))
             record = found if isinstance(found, dict) else None
-            if record is not None and not force:
-                entry = _entry_from_record(record, now)
-                if entry is not None:
-                    self.entries[binding.key] = entry
-                    return entry
+        except AuthLayerError as exc:  # an unusable token cache must not stop the work
+            log.warning("profile %r: the token cache could not be read (%s); going on without "
+                        "it", profile.name, exc)
+        if record is not None and not (force or claims or fresh_sign_in):
+            entry = _entry_from_record(record, now)
+            if entry is not None:  # another process (or an earlier run) has a fresh one
+                self._keep(key, entry)
+                return entry
+        if seen is None and record is not None and not (claims or rejected):
+            seen = _entry_from_record(record, now, due=True)
+        still_valid = seen is not None and now < seen.token.expires_on - MIN_VALIDITY
         ctx = FlowContext(
             profile,
             claims=claims,
             user_assertion=binding.user_assertion,
-            refresh_token=record.get("refresh_token") if record else None,
-            account=record.get("account") if record else None,
-            interactive=interactive,
+            refresh_token=(record or {}).get("refresh_token") if not fresh_sign_in else None,
+            account=(record or {}).get("account"),
+            # Nobody is asked to sign in while the current token still serves.
+            interactive=interactive and not (still_valid and not force and not claims),
+            fresh_sign_in=fresh_sign_in,
             prompt=prompt or default_prompt,
             clock=self.clock,
         )
         try:
             result = yield from load_flow(profile.flow).acquire(ctx)
         except AuthLayerError as exc:
-            if seen is None and record is not None:  # e.g. another process's, due for refresh
-                seen = _entry_from_record(record, now, due=True)
-            if seen is not None and not force and not claims and (
-                now < seen.token.expires_on - MIN_VALIDITY
-            ):
+            if seen is not None and still_valid and not (force or claims or fresh_sign_in):
                 log.warning(
                     "profile %r: refreshing the token failed (%s); the current token stays in "
                     "use until it expires", profile.name, type(exc).__name__,
@@ -238,152 +330,220 @@ class Provider:
                 postponed = seen._replace(
                     refresh_on=int(min(now + RETRY_REFRESH_AFTER, seen.token.expires_on))
                 )
-                self.entries[binding.key] = postponed
+                self._keep(key, postponed)
                 return postponed
             raise
         entry = CachedToken.from_result(result)
         if claims:
-            return entry  # a claims-challenge token never enters the plain cache
+            self._keep(key, entry)  # under the claims key: never served for the plain one
+            return entry
         saved = _record(result)
         if result.refresh_token or result.account:
             saved["refresh_token"] = result.refresh_token
             saved["account"] = result.account
-        yield Call(lambda: store.save(binding.key, binding.account_key, saved))
-        self.entries[binding.key] = entry
+        if fresh_sign_in:  # a new sign-in, perhaps another person: drop the old one's tokens
+            self._drop_account(binding)
+        try:
+            yield Call(lambda: _replace_or_save(store, binding, saved, fresh_sign_in))
+        except AuthLayerError as exc:
+            log.warning("profile %r: the token cache could not be written (%s); the token is "
+                        "kept in memory only", profile.name, exc)
+        self._keep(key, entry)
         log.debug("profile %r: new token, expires at %d", profile.name, result.expires_on)
         return entry
 
-    # ------------------------------------------------------------------ threads
+    def _keep(self, key: str, entry: CachedToken) -> None:
+        self.entries[key] = entry
+        if len(self.entries) > SWEEP_ABOVE:
+            now = self.clock()
+            for stale in [k for k, e in list(self.entries.items())
+                          if e.token.expires_on <= now]:
+                self.entries.pop(stale, None)
 
-    def _lock(self, key: str) -> threading.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            with self._guard:
-                lock = self._locks.setdefault(key, threading.Lock())
-        return lock
+    def _drop_account(self, binding: Binding) -> None:
+        prefix = binding.account_key + "|"
+        for key in [k for k in list(self.entries) if k.startswith(prefix)]:
+            self.entries.pop(key, None)
 
-    def get(
-        self,
-        binding: Binding,
-        *,
-        force: bool = False,
-        claims: Optional[str] = None,
-        interactive: bool = True,
-        prompt: Optional[Callable[[str], None]] = None,
-    ) -> CachedToken:
-        """A valid token for ``binding``, from the cache when it can."""
-        entry = self.entries.get(binding.key)
-        if entry is not None and not force and not claims and self.clock() < entry.refresh_on:
-            return entry
+    # ------------------------------------------------------------------ single flight
+
+    def _join(self, key: str) -> tuple[_Flight, bool]:
+        """The flight under way for ``key``, or a new one; True if the caller leads it."""
+        with self._guard:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return flight, False
+            flight = self._flights[key] = _Flight()
+            return flight, True
+
+    def _land(self, key: str, flight: _Flight, result: Optional[CachedToken],
+              error: Optional[BaseException]) -> None:
+        with self._guard:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.finish(result, error)
+
+    def _usable(self, key: str, exclude: Optional[CachedToken] = None) -> Optional[CachedToken]:
+        """The entry under ``key`` if it is still valid (and not ``exclude``)."""
+        entry = self.entries.get(key)
+        if entry is None or entry is exclude:
+            return None
+        if exclude is not None and entry.token.token == exclude.token.token:
+            return None
+        return entry if self.clock() < entry.token.expires_on - MIN_VALIDITY else None
+
+    def _fresh(self, key: str) -> Optional[CachedToken]:
+        entry = self.entries.get(key)
+        return entry if entry is not None and self.clock() < entry.refresh_on else None
+
+    def _run(self, key: str, make: Callable[[], Generator[Action, Any, CachedToken]],
+             *, wait: bool = True, exclude: Optional[CachedToken] = None) -> CachedToken:
+        """Run ``make()``'s flow as the leader of ``key``, or share the leader's outcome.
+        ``wait`` false: a follower with a still-valid entry uses it instead of waiting."""
+        while True:
+            flight, leader = self._join(key)
+            if leader:
+                try:
+                    result = run_sync(make())
+                except BaseException as exc:
+                    self._land(key, flight, None, exc)
+                    raise
+                self._land(key, flight, result, None)
+                return result
+            if not wait:
+                current = self._usable(key, exclude)
+                if current is not None:
+                    return current
+            flight.done.wait()
+            shared = flight.outcome()
+            if shared is not None:
+                return shared
+
+    async def _run_async(self, key: str, make: Callable[[], Generator[Action, Any, CachedToken]],
+                         *, wait: bool = True,
+                         exclude: Optional[CachedToken] = None) -> CachedToken:
+        """:meth:`_run` for async code."""
+        while True:
+            flight, leader = self._join(key)
+            if leader:
+                try:
+                    result = await run_async(make())
+                except BaseException as exc:
+                    self._land(key, flight, None, exc)
+                    raise
+                self._land(key, flight, result, None)
+                return result
+            if not wait:
+                current = self._usable(key, exclude)
+                if current is not None:
+                    return current
+            await flight.wait()
+            shared = flight.outcome()
+            if shared is not None:
+                return shared
+
+    # ------------------------------------------------------------------ the operations
+
+    def _plan(self, binding: Binding, force: bool, claims: Optional[str], prompt: Prompt,
+              interactive: bool, rejected: bool = False,
+              ) -> tuple[str, Callable[[], Generator[Action, Any, CachedToken]]]:
         if claims:
-            return run_sync(self._obtain(binding, None, claims=claims, prompt=prompt))
-        with self._lock(binding.key):
-            current = self.entries.get(binding.key)
-            if not force and current is not None and current is not entry and (
-                self.clock() < current.refresh_on
-            ):
-                return current  # another thread got it while we waited
-            return run_sync(self._obtain(binding, current, force=force,
-                                         interactive=interactive, prompt=prompt))
+            key = f"{binding.key}|claims:{_digest(claims)}"
+            return key, lambda: self._obtain(binding, key=key, claims=claims, prompt=prompt,
+                                             interactive=interactive, rejected=rejected)
+        return binding.key, lambda: self._obtain(binding, key=binding.key, force=force,
+                                                 interactive=interactive, prompt=prompt)
 
-    def after_rejection(
-        self, binding: Binding, rejected: CachedToken, *, claims: Optional[str] = None
-    ) -> CachedToken:
-        """A new token after ``rejected`` got a 401. However many requests saw that 401, the
-        identity service is asked once: later callers find the new token already there."""
-        with self._lock(binding.key):
-            current = self._drop(binding, rejected)
-            if current is not None and not claims:
-                return current
-            return run_sync(self._obtain(binding, None, claims=claims, force=True,
-                                         rejected=current is None))
+    def get(self, binding: Binding, *, force: bool = False, claims: Optional[str] = None,
+            prompt: Prompt = None, interactive: bool = True,
+            _rejected: bool = False) -> CachedToken:
+        """A valid token for ``binding`` (for ``claims``, when given), from the cache when it
+        can. ``force`` skips the cache; ``interactive`` false: never ask a person to sign in
+        (raise :class:`~authlayer.errors.TokenError` instead)."""
+        key, make = self._plan(binding, force, claims, prompt, interactive, _rejected)
+        if not force:
+            entry = self._fresh(key)
+            if entry is not None:
+                return entry
+        return self._run(key, lambda: self._recheck(key, force, make), wait=force)
+
+    async def get_async(self, binding: Binding, *, force: bool = False,
+                        claims: Optional[str] = None, prompt: Prompt = None,
+                        interactive: bool = True, _rejected: bool = False) -> CachedToken:
+        """:meth:`get` for async code: never blocks the event loop."""
+        key, make = self._plan(binding, force, claims, prompt, interactive, _rejected)
+        if not force:
+            entry = self._fresh(key)
+            if entry is not None:
+                return entry
+        return await self._run_async(key, lambda: self._recheck(key, force, make), wait=force)
+
+    def _recheck(self, key: str, force: bool,
+                 make: Callable[[], Generator[Action, Any, CachedToken]],
+                 ) -> Generator[Action, Any, CachedToken]:
+        """The leader's flow: first look again — a flight that just landed may have done the
+        work."""
+        if not force:
+            entry = self._fresh(key)
+            if entry is not None:
+                return entry
+        return (yield from make())
+
+    def after_rejection(self, binding: Binding, rejected: CachedToken, *,
+                        claims: Optional[str] = None, prompt: Prompt = None) -> CachedToken:
+        """A new token after ``rejected`` got a 401 (for ``claims``, when the 401 was a claims
+        challenge). However many requests saw that 401, the identity service is asked once."""
+        replaced = self._drop(binding, rejected)
+        if claims:  # the challenged token is dropped from the store too
+            return self.get(binding, claims=claims, prompt=prompt, _rejected=replaced is None)
+        if replaced is not None:
+            return replaced
+        return self._run(binding.key, lambda: self._after_drop(binding, rejected, prompt),
+                         wait=True)
+
+    async def after_rejection_async(self, binding: Binding, rejected: CachedToken, *,
+                                    claims: Optional[str] = None,
+                                    prompt: Prompt = None) -> CachedToken:
+        """:meth:`after_rejection` for async code."""
+        replaced = self._drop(binding, rejected)
+        if claims:
+            return await self.get_async(binding, claims=claims, prompt=prompt,
+                                        _rejected=replaced is None)
+        if replaced is not None:
+            return replaced
+        return await self._run_async(
+            binding.key, lambda: self._after_drop(binding, rejected, prompt), wait=True)
+
+    def _after_drop(self, binding: Binding, rejected: CachedToken,
+                    prompt: Prompt) -> Generator[Action, Any, CachedToken]:
+        replaced = self._usable(binding.key, exclude=rejected)
+        if replaced is not None:  # a flight that just landed brought a new one
+            return replaced
+        return (yield from self._obtain(binding, key=binding.key, force=True, rejected=True,
+                                        prompt=prompt))
 
     def _drop(self, binding: Binding, rejected: CachedToken) -> Optional[CachedToken]:
-        """Forget ``rejected``; return the entry that replaced it, if one already has."""
+        """Forget ``rejected``; return the entry that already replaced it, if any."""
+        replaced = self._usable(binding.key, exclude=rejected)
+        if replaced is not None:
+            return replaced
         current = self.entries.get(binding.key)
-        if current is not None and current.token.token != rejected.token.token and (
-            self.clock() < current.token.expires_on - MIN_VALIDITY
-        ):
-            return current
-        self.entries.pop(binding.key, None)
+        if current is not None and current.token.token == rejected.token.token:
+            self.entries.pop(binding.key, None)
         return None
 
-    # ------------------------------------------------------------------ async tasks
-
-    async def _single_flight(
-        self, key: str, make: Callable[[], Generator[Action, Any, CachedToken]]
-    ) -> CachedToken:
-        import anyio
-
-        fkey = (key, _loop_id())
-        while True:
-            flight = self._flights.get(fkey)
-            if flight is None:
-                break
-            await flight.event.wait()
-            if flight.result is not None:
-                return flight.result
-            if flight.error is not None and not isinstance(
-                flight.error, anyio.get_cancelled_exc_class()
-            ):
-                raise flight.error
-            # the leader was cancelled: try again, perhaps as the leader
-        flight = _Flight(anyio.Event())
-        self._flights[fkey] = flight
-        try:
-            flight.result = await run_async(make())
-            return flight.result
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            del self._flights[fkey]
-            flight.event.set()
-
-    async def get_async(
-        self,
-        binding: Binding,
-        *,
-        force: bool = False,
-        claims: Optional[str] = None,
-        interactive: bool = True,
-        prompt: Optional[Callable[[str], None]] = None,
-    ) -> CachedToken:
-        """:meth:`get` for async code: never blocks the event loop."""
-        entry = self.entries.get(binding.key)
-        if entry is not None and not force and not claims and self.clock() < entry.refresh_on:
-            return entry
-        if claims:
-            return await run_async(self._obtain(binding, None, claims=claims, prompt=prompt))
-        if force:
-            return await run_async(self._obtain(binding, entry, force=True,
-                                                interactive=interactive, prompt=prompt))
-
-        def make() -> Generator[Action, Any, CachedToken]:
-            return self._obtain(binding, self.entries.get(binding.key),
-                                interactive=interactive, prompt=prompt)
-
-        return await self._single_flight(binding.key, make)
-
-    async def after_rejection_async(
-        self, binding: Binding, rejected: CachedToken, *, claims: Optional[str] = None
-    ) -> CachedToken:
-        """:meth:`after_rejection` for async code."""
-        current = self._drop(binding, rejected)
-        if claims:
-            return await run_async(self._obtain(binding, None, claims=claims, force=True,
-                                                rejected=current is None))
-        if current is not None:
-            return current
-        return await self._single_flight(
-            binding.key, lambda: self._obtain(binding, None, force=True, rejected=True)
-        )
+    def login(self, binding: Binding, *, prompt: Prompt = None) -> CachedToken:
+        """Sign in anew (``authlayer login``): the kept sign-in is replaced only when the new
+        one succeeds."""
+        return self._run(binding.key, lambda: self._obtain(
+            binding, key=binding.key, force=True, fresh_sign_in=True, prompt=prompt))
 
     # ------------------------------------------------------------------ housekeeping
 
     def forget(self, binding: Binding) -> None:
-        """Drop the binding's tokens from memory and from its store (``authlayer logout``)."""
-        self.entries.pop(binding.key, None)
+        """Drop every token of the binding's sign-in, from memory and from its store
+        (``authlayer logout``)."""
+        self._drop_account(binding)
         self.store_for(binding.profile).delete(binding.key, binding.account_key)
 
     def reset(self) -> None:
@@ -391,6 +551,13 @@ class Provider:
         self.entries.clear()
         self._bindings.clear()
         self._memory_store = MemoryStore()
+
+
+def _replace_or_save(store: TokenStore, binding: Binding, record: dict[str, Any],
+                     replace: bool) -> None:
+    if replace:
+        store.forget_account_tokens(binding.account_key)
+    store.save(binding.key, binding.account_key, record)
 
 
 def _entry_from_record(
@@ -451,6 +618,6 @@ async def get_token_async(
     prompt: Optional[Callable[[str], None]] = None,
 ) -> AccessToken:
     """:func:`get_token` for async code (asyncio or trio); never blocks the event loop."""
-    binding = PROVIDER.bind(profile, config=config, scope=scope, tenant=tenant,
-                            user_assertion=user_assertion)
+    binding = await PROVIDER.bind_async(profile, config=config, scope=scope, tenant=tenant,
+                                        user_assertion=user_assertion)
     return (await PROVIDER.get_async(binding, force=force_refresh, prompt=prompt)).token

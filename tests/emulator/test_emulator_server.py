@@ -32,8 +32,23 @@ from authlayer.emulator.clientauth import authenticate_client
 from .emulator_helpers import assert_entra_error, cc_form
 
 
-def _emulator_threads() -> list[threading.Thread]:
+_OTHERS: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _other_emulators() -> None:
+    """Emulator threads that were running before the test (other tests' emulators)."""
+    _OTHERS.clear()
+    _OTHERS.update(_all_emulator_threads())
+
+
+def _all_emulator_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("authlayer-emulator")]
+
+
+def _emulator_threads() -> list[threading.Thread]:
+    """Emulator threads this test started and left running."""
+    return [t for t in _all_emulator_threads() if t not in _OTHERS]
 
 
 def _raw_exchange(sock: socket.socket, request: bytes) -> tuple[bytes, bytes]:

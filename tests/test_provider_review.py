@@ -1,0 +1,315 @@
+"""Behaviour found missing by review: single flight across threads, tasks and event loops,
+shared failures, refresh ahead without waiting, claims single flight, fresh assertions on
+retries, redirects and 401s, people never sharing tokens, logins that fail, cache write
+failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import requests
+
+from authlayer import EntraAuth, TokenError, get_token, get_token_async
+from authlayer import jwt as jwtlib
+from authlayer.emulator import Emulator, Response
+from authlayer.emulator.device import device_codes
+from authlayer.emulator.users import mint_refresh_token
+from authlayer.provider import PROVIDER, SWEEP_ABOVE, CachedToken
+from authlayer.token import AccessToken
+
+from .conftest import Profiles
+from .signin_helpers import Approver, new_person, write_profile
+
+
+@pytest.fixture(autouse=True)
+def _fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    from authlayer.flows import device_code
+
+    monkeypatch.setattr(device_code, "MIN_INTERVAL", 0.0)  # the emulator says interval 0
+
+
+def _threads(n: int, target: Any) -> list[Any]:
+    results: list[Any] = []
+    barrier = threading.Barrier(n)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(target())
+        except Exception as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_threads_waiting_for_a_token_share_the_leaders_failure(emu: Emulator,
+                                                               cc_profile: str) -> None:
+    emu.inject("status", count=100, status=400)
+    emu.latency = 0.1
+    results = _threads(16, lambda: get_token(cc_profile))
+    assert all(isinstance(r, TokenError) for r in results)
+    assert emu.count("token") == 1
+
+
+def test_threads_each_with_its_own_event_loop_make_one_request(emu: Emulator,
+                                                               cc_profile: str) -> None:
+    emu.latency = 0.2
+    results = _threads(12, lambda: asyncio.run(get_token_async(cc_profile)).token)
+    assert len(set(results)) == 1
+    assert emu.count("token") == 1
+
+
+def test_sync_and_async_callers_share_one_request(emu: Emulator, cc_profile: str) -> None:
+    emu.latency = 0.2
+
+    async def both() -> list[str]:
+        sync_call = asyncio.to_thread(lambda: get_token(cc_profile).token)
+        async_call = get_token_async(cc_profile)
+        first, second = await asyncio.gather(sync_call, async_call)
+        return [first, second.token]
+
+    assert len(set(asyncio.run(both()))) == 1
+    assert emu.count("token") == 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_refresh_ahead_makes_only_the_leader_wait(emu: Emulator, cc_profile: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(PROVIDER, "clock", clock)
+    first = get_token(cc_profile)
+    clock.now = first.expires_on - 200  # due for refresh, still valid for 200 s
+    emu.latency = 0.5
+    leader = threading.Thread(target=lambda: get_token(cc_profile))
+    leader.start()
+    deadline = time.monotonic() + 5
+    while not PROVIDER._flights and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert PROVIDER._flights, "the leader never started"
+    assert get_token(cc_profile) == first  # a follower keeps using the valid token at once
+    assert PROVIDER._flights  # ... while the leader is still waiting for the new one
+    leader.join()
+    assert get_token(cc_profile) != first
+    assert emu.count("token") == 2
+
+
+def test_concurrent_claims_challenges_make_one_token_request(emu: Emulator,
+                                                             cc_profile: str) -> None:
+    auth = EntraAuth(cc_profile)
+    get_token(cc_profile)
+    emu.reset()
+    emu.claims_challenge(16)
+    emu.latency = 0.05
+
+    def call() -> int:
+        with httpx.Client(auth=auth) as c:
+            return c.get(f"{emu.api_url}/a").status_code
+
+    assert _threads(16, call) == [200] * 16
+    with_claims = [r for r in emu.requests if r.endpoint == "token" and "claims" in r.form]
+    assert len(with_claims) == 1
+
+
+def test_a_retried_request_gets_a_fresh_assertion(emu: Emulator, profiles: Profiles,
+                                                  tmp_path: Path) -> None:
+    from .test_client_credentials import _cert, _pem
+
+    cert = _cert()
+    app = emu.register_app(certificate=cert)
+    (tmp_path / "app.pem").write_bytes(_pem(cert))
+    profiles.write(f"""
+        [profiles.cert]
+        flow = "client_credentials"
+        authority = "{emu.url}"
+        tenant = "{emu.tenant_id}"
+        client_id = "{app.client_id}"
+        certificate = "app.pem"
+        scope = "{emu.api_scope}"
+    """)
+    emu.inject("status", count=1, status=503, retry_after=0)
+    assert get_token("cert").token
+    jtis = [jwtlib.decode(r.form["client_assertion"])[1]["jti"] for r in emu.requests
+            if r.endpoint == "token"]
+    assert len(jtis) == 2
+    assert jtis[0] != jtis[1]
+
+
+def test_an_answer_lost_after_the_server_used_the_assertion_is_retried(
+    emu: Emulator, profiles: Profiles, tmp_path: Path
+) -> None:
+    """The server saw (and spent) the jti, the answer timed out: the retry must not reuse it."""
+    from .test_client_credentials import _cert, _pem
+
+    cert = _cert()
+    app = emu.register_app(certificate=cert)
+    (tmp_path / "app.pem").write_bytes(_pem(cert))
+    profiles.write(f"""
+        [profiles.cert]
+        flow = "client_credentials"
+        authority = "{emu.url}"
+        tenant = "{emu.tenant_id}"
+        client_id = "{app.client_id}"
+        certificate = "app.pem"
+        scope = "{emu.api_scope}"
+        timeout = 0.5
+    """)
+    emu.inject("latency", count=1, seconds=0.8)  # answered (jti spent) after our timeout
+    assert get_token("cert").token
+
+
+def _redirecting_api(emu: Emulator) -> str:
+    """/api/go redirects to the same API under another host name (not allowed)."""
+    other = emu.api_url.replace("127.0.0.1", "localhost")
+
+    def go(_emu: Any, _req: Any) -> Response:
+        return Response(302, b"", [("Location", f"{other}/capture")], None)
+
+    emu.add_route("GET", "/api/go", go, endpoint="api")
+    return f"{emu.api_url}/go"
+
+
+def test_requests_never_resends_the_token_to_a_redirect_target(emu: Emulator,
+                                                               cc_profile: str) -> None:
+    url = _redirecting_api(emu)
+    get_token(cc_profile)
+    emu.reset()
+    r = requests.get(url, auth=EntraAuth(cc_profile))
+    assert r.status_code == 401  # the redirect target has no token and refuses
+    capture = [rec for rec in emu.requests if rec.path.endswith("/capture")]
+    assert len(capture) == 1
+    assert "authorization" not in {k.lower() for k in capture[0].headers}
+    assert emu.count("token") == 0  # and no token was thrown away for it
+
+
+@pytest.mark.parametrize("kind", ["httpx", "httpx-async"])
+def test_httpx_401_from_a_redirect_target_is_not_our_token_refused(
+    emu: Emulator, cc_profile: str, kind: str
+) -> None:
+    url = _redirecting_api(emu)
+    auth = EntraAuth(cc_profile)
+    get_token(cc_profile)
+    emu.reset()
+    if kind == "httpx":
+        with httpx.Client(auth=auth, follow_redirects=True) as c:
+            status = c.get(url).status_code
+    else:
+        async def go() -> int:
+            async with httpx.AsyncClient(auth=auth, follow_redirects=True) as c:
+                return (await c.get(url)).status_code
+
+        status = asyncio.run(go())
+    assert status == 401
+    assert emu.count("token") == 0
+    assert emu.count("api") == 2
+
+
+def test_two_profiles_of_one_app_are_two_people(emu: Emulator, app: Any, secret: str,
+                                                profiles: Profiles,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = new_person(emu), new_person(emu)
+    monkeypatch.setenv("ALICE_RT", mint_refresh_token(emu, client_id=app.client_id,
+                                                      username=alice))
+    monkeypatch.setenv("BOB_RT", mint_refresh_token(emu, client_id=app.client_id,
+                                                    username=bob))
+    common = (f'flow = "refresh_token"\nauthority = "{emu.url}"\ntenant = "{emu.tenant_id}"\n'
+              f'client_id = "{app.client_id}"\nclient_secret = "{secret}"\n'
+              f'scope = "{emu.api_scope}"\ncache = "file"\n')
+    profiles.write(f"[profiles.alice]\n{common}refresh_token = {{ env = \"ALICE_RT\" }}\n"
+                   f"[profiles.bob]\n{common}refresh_token = {{ env = \"BOB_RT\" }}\n")
+    a = jwtlib.decode(get_token("alice").token)[1]
+    b = jwtlib.decode(get_token("bob").token)[1]
+    assert a["preferred_username"] == alice
+    assert b["preferred_username"] == bob
+
+
+def test_a_failed_login_keeps_the_previous_sign_in(emu: Emulator, profiles: Profiles) -> None:
+    person = new_person(emu)
+    public = emu.register_app(public=True)
+    write_profile(profiles, emu, "me", "device_code", client_id=public.client_id, cache="file")
+    device_codes(emu).interval = 0
+    first = get_token("me", prompt=Approver(emu, person))
+    binding = PROVIDER.bind("me")
+    with pytest.raises(TokenError):
+        PROVIDER.login(binding, prompt=Approver(emu, person, action="decline"))
+    PROVIDER.reset()  # a new process: the kept sign-in is still there
+    assert get_token("me", prompt=Approver(emu, person, action="nothing")) == first
+
+
+def test_login_as_someone_else_replaces_every_token_of_the_sign_in(emu: Emulator,
+                                                                  profiles: Profiles) -> None:
+    alice, bob = new_person(emu), new_person(emu)
+    public = emu.register_app(public=True)
+    write_profile(profiles, emu, "me", "device_code", client_id=public.client_id, cache="file")
+    device_codes(emu).interval = 0
+    get_token("me", prompt=Approver(emu, alice))
+    graph = get_token("me", scope="https://graph.microsoft.com/.default",
+                      prompt=Approver(emu, alice))
+    assert jwtlib.decode(graph.token)[1]["preferred_username"] == alice
+    PROVIDER.login(PROVIDER.bind("me"), prompt=Approver(emu, bob))
+    PROVIDER.reset()
+    again = get_token("me", scope="https://graph.microsoft.com/.default",
+                      prompt=Approver(emu, bob))
+    assert jwtlib.decode(again.token)[1]["preferred_username"] == bob
+
+
+def test_logout_forgets_every_scope_of_the_sign_in(emu: Emulator, profiles: Profiles) -> None:
+    person = new_person(emu)
+    public = emu.register_app(public=True)
+    write_profile(profiles, emu, "me", "device_code", client_id=public.client_id, cache="file")
+    device_codes(emu).interval = 0
+    get_token("me", prompt=Approver(emu, person))
+    get_token("me", scope="https://graph.microsoft.com/.default", prompt=Approver(emu, person))
+    PROVIDER.forget(PROVIDER.bind("me"))
+    PROVIDER.reset()
+    asked = Approver(emu, person)
+    get_token("me", scope="https://graph.microsoft.com/.default", prompt=asked)
+    assert asked.messages  # signed in again: nothing was left behind
+
+
+def test_a_cache_that_cannot_be_written_keeps_the_token_in_memory(
+    emu: Emulator, app: Any, secret: str, profiles: Profiles, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("AUTHLAYER_CACHE_DIR", str(blocker / "cache"))
+    profiles.write(f"""
+        [profiles.filed]
+        flow = "client_credentials"
+        authority = "{emu.url}"
+        tenant = "{emu.tenant_id}"
+        client_id = "{app.client_id}"
+        client_secret = "{secret}"
+        scope = "{emu.api_scope}"
+        cache = "file"
+    """)
+    token = get_token("filed")
+    assert get_token("filed") == token
+    assert emu.count("token") == 1
+    assert "kept in memory only" in caplog.text
+
+
+def test_expired_entries_are_swept_when_the_cache_grows(emu: Emulator, cc_profile: str) -> None:
+    old = CachedToken(AccessToken("x", 1), 0, "Bearer x")
+    for i in range(SWEEP_ABOVE + 5):
+        PROVIDER.entries[f"stale-{i}"] = old
+    get_token(cc_profile)
+    assert not any(k.startswith("stale-") for k in PROVIDER.entries)
