@@ -66,7 +66,8 @@ def test_plain_http_only_to_loopback() -> None:
 @pytest.mark.parametrize(("host", "expected"), [("127.0.0.1", True), ("127.9.9.9", True),
                                                 ("::1", True), ("localhost", True),
                                                 ("10.0.0.1", False), ("example.com", False),
-                                                ("169.254.169.254", False)])
+                                                ("169.254.169.254", False),
+                                                ("evil.localhost", False)])
 def test_is_loopback(host: str, expected: bool) -> None:
     assert is_loopback(host) is expected
 
