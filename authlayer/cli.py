@@ -47,9 +47,11 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from .provider import get_token
+    from .provider import PROVIDER
 
-    token = get_token(args.profile, config=args.config, scope=args.scope, tenant=args.tenant)
+    binding = PROVIDER.bind(args.profile, config=args.config, scope=args.scope,
+                            tenant=args.tenant)
+    token = PROVIDER.get(binding, interactive=not args.no_prompt).token
     if args.json:
         print(json.dumps({"access_token": token.token, "expires_on": token.expires_on,
                           "token_type": token.token_type}))
@@ -82,7 +84,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                             tenant=args.tenant)
     profile = binding.profile
     print(f"profile {profile.name!r}: flow {profile.flow}, configuration is valid")
-    entry = PROVIDER.get(binding)
+    entry = PROVIDER.get(binding, interactive=not args.no_prompt)
     print(f"token obtained (expires {_when(entry.token.expires_on)})")
     try:
         _header, claims = jwt.decode(entry.token.token)
@@ -150,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     with_profile.add_argument("profile", metavar="PROFILE", help="profile name")
     with_profile.add_argument("--scope", help="override the profile's scope")
     with_profile.add_argument("--tenant", help="override the profile's tenant")
+    no_prompt = argparse.ArgumentParser(add_help=False)
+    no_prompt.add_argument("--no-prompt", action="store_true",
+                           help="never ask a person to sign in: fail instead (for cron and CI)")
 
     parser = argparse.ArgumentParser(
         prog="authlayer", description="Entra ID tokens for scripts, from named profiles.")
@@ -159,10 +164,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profiles", parents=[common], help="list profiles (never secrets)")
     p.set_defaults(func=_cmd_profiles)
-    p = sub.add_parser("token", parents=[with_profile], help="print an access token")
+    p = sub.add_parser("token", parents=[with_profile, no_prompt],
+                       help="print an access token")
     p.add_argument("--json", action="store_true", help="print JSON with expires_on")
     p.set_defaults(func=_cmd_token)
-    p = sub.add_parser("check", parents=[with_profile],
+    p = sub.add_parser("check", parents=[with_profile, no_prompt],
                        help="validate a profile, get a token and show its claims (not the token)")
     p.set_defaults(func=_cmd_check)
     p = sub.add_parser("decode", parents=[common],

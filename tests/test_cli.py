@@ -179,3 +179,21 @@ def test_emulator_command_serves_until_stopped() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
     assert proc.returncode == 0
+
+
+def test_no_prompt_fails_instead_of_asking_a_person(emu: Emulator, profiles: Profiles,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    public = emu.register_app(public=True)
+    profiles.write(f"""
+        [profiles.me]
+        flow = "device_code"
+        authority = "{emu.url}"
+        tenant = "{emu.tenant_id}"
+        client_id = "{public.client_id}"
+        scope = "{emu.api_scope}"
+    """)
+    code, out, err = run(capsys, "token", "me", "--no-prompt")
+    assert code == 1
+    assert out == ""
+    assert "authlayer login me" in err
+    assert emu.count("devicecode") == 0

@@ -192,15 +192,20 @@ def test_failed_refresh_keeps_serving_the_valid_token(emu: Emulator, cc_profile:
                                                       client: Client) -> None:
     clock = Clock()
     monkeypatch.setattr(PROVIDER, "clock", clock)
+    auth = EntraAuth(cc_profile)
+    assert client.get(f"{emu.api_url}/a", auth).status == 200
     first = get_token(cc_profile)
     clock.now = first.expires_on - 120
     emu.inject("status", count=10, status=503, retry_after=0)
-    assert get_token(cc_profile) == first  # refresh failed: the old token still serves
+    answer = client.get(f"{emu.api_url}/a", auth)  # refresh fails: the old token still serves
+    assert answer.status == 200
+    assert get_token(cc_profile) == first
     failed_attempts = emu.count("token")
-    assert get_token(cc_profile) == first  # and it does not hammer the service meanwhile
-    assert emu.count("token") == failed_attempts
+    assert client.get(f"{emu.api_url}/a", auth).status == 200
+    assert emu.count("token") == failed_attempts  # and it does not hammer the service
     emu.reset()
     clock.now += 31  # after the back-off, a refresh is tried again and succeeds
+    assert client.get(f"{emu.api_url}/a", auth).status == 200
     assert get_token(cc_profile).token != first.token
 
 
