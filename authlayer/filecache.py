@@ -3,8 +3,11 @@ in one JSON file (``tokens.json`` under ``$AUTHLAYER_CACHE_DIR``, else the user'
 shared safely by the threads and processes of one user. Its job is the file: where it lives, its
 permissions (folder ``0700``, file ``0600``), atomic writes, a cross-process lock so concurrent
 writers never lose each other's entries, pruning, and setting a corrupt file aside instead of
-crashing. It knows nothing about profiles, flows or expiry policy beyond dropping records whose
-access token has expired: the provider decides what to keep and when a token is good enough.
+crashing. On POSIX it refuses (:class:`~authlayer.errors.AuthLayerError`) a folder, cache file or
+lock file that belongs to another user or that other users may write to (ours it tightens):
+another user could plant tokens there or take ours. It knows nothing about profiles, flows or
+expiry policy beyond dropping records whose access token has expired: the provider decides what
+to keep and when a token is good enough.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import filelock
 import platformdirs
 
 from .errors import AuthLayerError
-from .store import account_part, merge_account
+from .store import account_part, account_prefix, merge_account
+from .store import expires_on as _expires_on
 
 __all__ = ["FILE_NAME", "FileStore", "default_path"]
 
@@ -46,6 +50,12 @@ MAX_TOKENS = 5000
 MAX_ACCOUNTS = 1000
 # A file larger than this is not ours: set it aside rather than read it into memory.
 MAX_FILE_BYTES = 100 * 1024 * 1024
+# On Windows, replacing a file that another process has open fails with PermissionError until it
+# closes it: try this many times, waiting REPLACE_BACKOFF * attempt (at most REPLACE_BACKOFF_MAX)
+# seconds in between.
+REPLACE_ATTEMPTS = 10
+REPLACE_BACKOFF = 0.01
+REPLACE_BACKOFF_MAX = 0.05
 
 _POSIX = os.name == "posix"
 _READ_FLAGS: int = (
@@ -121,13 +131,6 @@ def _encode(tokens: Records, accounts: Records) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 
-def _expires_on(record: dict[str, Any]) -> float:
-    value = record.get("expires_on")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return float("-inf")
-
-
 def _prune(tokens: Records, accounts: Records, now: float) -> None:
     """Drop expired access-token records (refresh tokens live on under their account), then
     keep at most :data:`MAX_TOKENS` tokens and :data:`MAX_ACCOUNTS` accounts."""
@@ -163,6 +166,53 @@ def _owned(st: os.stat_result) -> bool:
     return _POSIX and st.st_uid == os.geteuid()
 
 
+def _refuse(what: str, path: str, st: os.stat_result, *, writable: bool) -> AuthLayerError:
+    """The error for a token cache ``what`` (file, folder) that is not safe to use: owned by
+    another user and/or (``writable``) writable by other users."""
+    problems = []
+    if not _owned(st):
+        problems.append(f"owned by another user (uid {st.st_uid})")
+    if writable:
+        problems.append(f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
+    return AuthLayerError(
+        f"refusing to use the token cache {what} {path}: it is {' and '.join(problems)}"
+    )
+
+
+def _check_owner(what: str, path: str, st: os.stat_result) -> None:
+    """Refuse (POSIX) a file of another user."""
+    if _POSIX and not _owned(st):
+        raise _refuse(what, path, st, writable=bool(st.st_mode & 0o022))
+
+
+def _tighten(what: str, path: str, st: os.stat_result, chmod: Callable[[], None]) -> None:
+    """Make a regular file of ours that is wider than ``0600`` private with ``chmod``
+    (POSIX), refusing it if it stays writable by others."""
+    if not _POSIX or not stat.S_IMODE(st.st_mode) & 0o077:
+        return
+    try:
+        chmod()
+    except OSError:
+        if st.st_mode & 0o022:
+            raise _refuse(what, path, st, writable=True) from None
+
+
+def _replace(src: str, dst: str) -> None:
+    """``os.replace``, tried again while it fails with PermissionError (Windows: ``dst`` is open
+    in another process)."""
+    for attempt in range(1, REPLACE_ATTEMPTS + 1):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if attempt >= REPLACE_ATTEMPTS:
+                raise
+        _sleep(min(REPLACE_BACKOFF * attempt, REPLACE_BACKOFF_MAX))
+
+
+_sleep = time.sleep  # tests replace it
+
+
 class FileStore:
     """A :class:`~authlayer.store.TokenStore` kept in one JSON file, shared by processes.
 
@@ -170,6 +220,10 @@ class FileStore:
     names, one instance per path. Thread-safe and process-safe: every change is a
     read-modify-write under a ``threading.Lock`` and a file lock (``<path>.lock``), written
     atomically. Loads need no lock and re-read the file only when it changed.
+
+    On POSIX, every method raises :class:`~authlayer.errors.AuthLayerError` rather than use a
+    folder, file or lock file owned by another user or writable by others (ours are tightened
+    to ``0700``/``0600``; a shared sticky folder of ours, like ``/tmp``, is left as it is).
     """
 
     _instances: ClassVar[dict[str, FileStore]] = {}
@@ -202,6 +256,8 @@ class FileStore:
 
     def load(self, key: str, account_key: str) -> Optional[dict[str, Any]]:
         with self._lock:
+            if not self._ensure_folder(create=False):
+                return None
             snapshot = self._current(exact=False, locked=False)
             if snapshot is None:
                 return None
@@ -230,7 +286,14 @@ class FileStore:
     def delete(self, key: str, account_key: str) -> None:
         def change(tokens: Records, accounts: Records) -> bool:
             dropped = tokens.pop(key, None) is not None
+            dropped = _drop_account_tokens(tokens, account_key) or dropped
             return accounts.pop(account_key, None) is not None or dropped
+
+        self._update(change, create=False)
+
+    def forget_account_tokens(self, account_key: str) -> None:
+        def change(tokens: Records, accounts: Records) -> bool:
+            return _drop_account_tokens(tokens, account_key)
 
         self._update(change, create=False)
 
@@ -246,15 +309,18 @@ class FileStore:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
+                with contextlib.suppress(OSError):
+                    link = os.lstat(self.path)
+                    _check_owner("file", self.path, link)  # theirs: not ours to move aside
                 raise _Corrupt("a symbolic link") from None
             raise _Corrupt(f"cannot be opened: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
+            # before anything else, even on an unchanged stamp: a chown leaves it as it was
+            _check_owner("file", self.path, st)
             if not stat.S_ISREG(st.st_mode):
                 raise _Corrupt("not a regular file")
-            if stat.S_IMODE(st.st_mode) & 0o077 and _owned(st):
-                with contextlib.suppress(OSError):
-                    os.fchmod(fd, 0o600)
+            _tighten("file", self.path, st, lambda: os.fchmod(fd, 0o600))
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
             previous = self._snapshot
             if not exact and previous is not None and previous.stamp == stamp:
@@ -319,7 +385,8 @@ class FileStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the cross-process lock (creating the folder first)."""
-        self._ensure_folder()
+        self._ensure_folder(create=True)
+        self._check_lock_file()
         try:
             self._file_lock.acquire(timeout=LOCK_TIMEOUT, poll_interval=LOCK_POLL)
         except filelock.Timeout:
@@ -336,20 +403,54 @@ class FileStore:
         finally:
             self._file_lock.release()
 
-    def _ensure_folder(self) -> None:
-        """Create the folder ``0700``; tighten it to ``0700`` if it is ours and wider (but
-        never a shared sticky folder such as ``/tmp``)."""
+    def _ensure_folder(self, *, create: bool) -> bool:
+        """Whether the folder exists, creating it ``0700`` with ``create``. On POSIX, refuse it
+        if another user owns it; if it is ours and wider, tighten it to ``0700`` (but never a
+        shared sticky folder such as ``/tmp``, where others cannot touch our files), refusing
+        it if it stays writable by others."""
         try:
-            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            if create:
+                os.makedirs(self.folder, mode=0o700, exist_ok=True)
             st = os.stat(self.folder)
         except OSError as exc:
+            if not create and isinstance(exc, FileNotFoundError):
+                return False
+            verb = "create" if create else "use"
             raise AuthLayerError(
-                f"cannot create the token cache folder {self.folder}: {exc.strerror}"
+                f"cannot {verb} the token cache folder {self.folder}: {exc.strerror}"
             ) from None
+        if not _POSIX:
+            return True
         mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077 and not mode & stat.S_ISVTX and _owned(st):
-            with contextlib.suppress(OSError):
+        if not _owned(st):
+            raise _refuse("folder", self.folder, st,
+                          writable=bool(mode & 0o022 and not mode & stat.S_ISVTX))
+        if mode & 0o077 and not mode & stat.S_ISVTX:
+            try:
                 os.chmod(self.folder, 0o700)
+            except OSError:
+                if mode & 0o022:
+                    raise _refuse("folder", self.folder, st, writable=True) from None
+        return True
+
+    def _check_lock_file(self) -> None:
+        """Refuse a lock file of another user (POSIX), or one that is not a plain file;
+        tighten ours if wider than ``0600``."""
+        try:
+            st = os.lstat(self.lock_path)
+        except FileNotFoundError:
+            return  # the lock creates it 0600
+        except OSError as exc:
+            raise AuthLayerError(
+                f"cannot lock the token cache: {self.lock_path}: {exc.strerror}"
+            ) from None
+        _check_owner("lock file", self.lock_path, st)
+        if not stat.S_ISREG(st.st_mode):
+            raise AuthLayerError(
+                f"refusing to use the token cache lock file {self.lock_path}: "
+                "it is not a regular file"
+            )
+        _tighten("lock file", self.lock_path, st, lambda: os.chmod(self.lock_path, 0o600))
 
     def _update(self, change: Callable[[Records, Records], bool], *, create: bool) -> None:
         """Read the file, apply ``change`` (which says whether it changed anything), prune and
@@ -379,7 +480,7 @@ class FileStore:
                 file.write(raw)
                 file.flush()
                 os.fsync(file.fileno())
-            os.replace(tmp, self.path)
+            _replace(tmp, self.path)
             tmp = None
             _fsync_folder(self.folder)
             st = os.stat(self.path)
@@ -405,6 +506,15 @@ class FileStore:
         for path in stale:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+
+def _drop_account_tokens(tokens: Records, account_key: str) -> bool:
+    """Remove the token records of the account; whether there were any."""
+    prefix = account_prefix(account_key)
+    doomed = [k for k in tokens if k.startswith(prefix)]
+    for key in doomed:
+        del tokens[key]
+    return bool(doomed)
 
 
 def _read_all(fd: int) -> bytes:

@@ -4,15 +4,28 @@ and the in-memory store.
 A record is a JSON-able dict: ``access_token``, ``expires_on``, ``refresh_on``, ``token_type``
 and, for flows that sign a person in, ``refresh_token`` and ``account``. Records are kept per
 token key; the refresh token and account are also kept per account key, so that a sign-in can be
-reused for another scope set. The persistent store is :class:`authlayer.filecache.FileStore`.
+reused for another scope set. A token key is its account key, ``|`` and its scopes
+(:meth:`authlayer.provider.Binding.make`), so the token records of an account are the ones whose
+key starts with ``account_key + "|"``. The persistent store is
+:class:`authlayer.filecache.FileStore`.
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
+import time
 from typing import Any, Optional, Protocol
 
 __all__ = ["MemoryStore", "TokenStore", "merge_account"]
+
+# MemoryStore bounds: once it holds more than PRUNE_THRESHOLD token records, a save drops the
+# expired ones; it never holds more than MAX_RECORDS token records (when it would, the ones
+# expiring first go, down to MAX_RECORDS less a tenth, so that a full store is not scanned on
+# every save) nor more than MAX_RECORDS accounts (the ones saved longest ago go). On-behalf-of
+# makes one key per incoming user assertion: a long-running API would otherwise grow unbounded.
+PRUNE_THRESHOLD = 1000
+MAX_RECORDS = 10000
 
 
 class TokenStore(Protocol):
@@ -33,7 +46,14 @@ class TokenStore(Protocol):
         ...
 
     def delete(self, key: str, account_key: str) -> None:
-        """Forget the record and its account's refresh token."""
+        """Forget the account: the record under ``key``, every other token record of the
+        account (keys starting with ``account_key + "|"``) and its refresh token (sign-out)."""
+        ...
+
+    def forget_account_tokens(self, account_key: str) -> None:
+        """Forget every token record of the account (keys starting with ``account_key + "|"``)
+        but keep its refresh token and account: a fresh sign-in replaced the account, so
+        tokens obtained for the previous one must not be served."""
         ...
 
 
@@ -51,6 +71,19 @@ def merge_account(
     return merged
 
 
+def account_prefix(account_key: str) -> str:
+    """What the token keys of the account ``account_key`` start with."""
+    return account_key + "|"
+
+
+def expires_on(record: dict[str, Any]) -> float:
+    """The record's ``expires_on`` (seconds since the epoch); ``-inf`` when it has none."""
+    value = record.get("expires_on")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return float("-inf")
+
+
 def account_part(record: dict[str, Any]) -> Optional[dict[str, Any]]:
     """The part of a record kept per account, if it has one."""
     if not record.get("refresh_token") and not record.get("account"):
@@ -59,12 +92,16 @@ def account_part(record: dict[str, Any]) -> Optional[dict[str, Any]]:
 
 
 class MemoryStore:
-    """Records in this process's memory only."""
+    """Records in this process's memory only, bounded: see :data:`PRUNE_THRESHOLD` and
+    :data:`MAX_RECORDS`."""
 
     def __init__(self) -> None:
         self._tokens: dict[str, dict[str, Any]] = {}
         self._accounts: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        # Prune when the token records grow beyond this; raised after a prune that left many
+        # live records, so that a large live set is not scanned on every save.
+        self._prune_above = PRUNE_THRESHOLD
 
     def load(self, key: str, account_key: str) -> Optional[dict[str, Any]]:
         with self._lock:
@@ -75,7 +112,12 @@ class MemoryStore:
             self._tokens[key] = dict(record)
             account = account_part(record)
             if account is not None:
+                self._accounts.pop(account_key, None)  # re-insert: the newest account goes last
                 self._accounts[account_key] = account
+            if len(self._tokens) > min(self._prune_above, MAX_RECORDS):
+                self._prune(time.time())
+            while len(self._accounts) > MAX_RECORDS:
+                del self._accounts[next(iter(self._accounts))]  # the one saved longest ago
 
     def discard(self, key: str) -> None:
         with self._lock:
@@ -84,4 +126,27 @@ class MemoryStore:
     def delete(self, key: str, account_key: str) -> None:
         with self._lock:
             self._tokens.pop(key, None)
+            self._drop_account_tokens(account_key)
             self._accounts.pop(account_key, None)
+
+    def forget_account_tokens(self, account_key: str) -> None:
+        with self._lock:
+            self._drop_account_tokens(account_key)
+
+    def _drop_account_tokens(self, account_key: str) -> None:
+        prefix = account_prefix(account_key)
+        for key in [k for k in self._tokens if k.startswith(prefix)]:
+            del self._tokens[key]
+
+    def _prune(self, now: float) -> None:
+        """Drop expired token records; beyond :data:`MAX_RECORDS`, the ones expiring first
+        too, down to a tenth below it. Runs under the lock."""
+        for key in [k for k, r in self._tokens.items() if expires_on(r) <= now]:
+            del self._tokens[key]
+        if len(self._tokens) > MAX_RECORDS:
+            excess = len(self._tokens) - (MAX_RECORDS - MAX_RECORDS // 10)
+            soonest = heapq.nsmallest(excess, self._tokens.items(),
+                                      key=lambda kv: expires_on(kv[1]))
+            for key, _ in soonest:
+                del self._tokens[key]
+        self._prune_above = max(PRUNE_THRESHOLD, 2 * len(self._tokens))

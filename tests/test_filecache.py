@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,18 +135,50 @@ def test_refresh_token_is_shared_by_the_keys_of_an_account(store: FileStore) -> 
 
 
 def test_discard_keeps_the_refresh_token_delete_does_not(store: FileStore) -> None:
-    store.save("k", "a", record("at-1", refresh_token="rt-1"))
-    store.save("k2", "a", record("at-2"))
-    store.discard("k")
-    assert store.load("k", "a") == {"refresh_token": "rt-1"}
-    store.save("k", "a", record("at-3", refresh_token="rt-3"))
-    store.delete("k", "a")
-    assert store.load("k", "a") is None
-    loaded = store.load("k2", "a")
+    store.save("a|s1", "a", record("at-1", refresh_token="rt-1"))
+    store.save("b|s1", "b", record("at-b"))
+    store.discard("a|s1")
+    assert store.load("a|s1", "a") == {"refresh_token": "rt-1"}
+    store.save("a|s1", "a", record("at-3", refresh_token="rt-3"))
+    store.delete("a|s1", "a")
+    assert store.load("a|s1", "a") is None
+    loaded = store.load("b|s1", "b")  # another account is left alone
     assert loaded is not None
-    assert loaded["access_token"] == "at-2"
-    assert "refresh_token" not in loaded
+    assert loaded["access_token"] == "at-b"
     assert "rt-3" not in Path(store.path).read_text(encoding="utf-8")
+
+
+def test_delete_forgets_every_token_of_the_account(store: FileStore) -> None:
+    store.save("a|s1", "a", record("at-a1", refresh_token="rt-a"))
+    store.save("a|s2 s3", "a", record("at-a2"))
+    store.save("a-longer|s1", "a-longer", record("at-longer", refresh_token="rt-longer"))
+    store.save("b|s1", "b", record("at-b", refresh_token="rt-b"))
+    store.delete("a|s1", "a")
+    data = contents(store)
+    assert set(data["tokens"]) == {"a-longer|s1", "b|s1"}
+    assert set(data["accounts"]) == {"a-longer", "b"}
+    assert store.load("a|s2 s3", "a") is None
+    assert FileStore(store.path).load("a|s2 s3", "a") is None
+    text = Path(store.path).read_text(encoding="utf-8")
+    assert "at-a" not in text
+    assert "rt-a" not in text
+
+
+def test_forget_account_tokens_keeps_the_refresh_token(store: FileStore) -> None:
+    store.save("a|s1", "a", record("at-a1", refresh_token="rt-a", account={"upn": "me"}))
+    store.save("a|s2", "a", record("at-a2"))
+    store.save("b|s1", "b", record("at-b", refresh_token="rt-b"))
+    store.forget_account_tokens("a")
+    data = contents(store)
+    assert set(data["tokens"]) == {"b|s1"}
+    assert set(data["accounts"]) == {"a", "b"}
+    assert store.load("a|s1", "a") == {"refresh_token": "rt-a", "account": {"upn": "me"}}
+    assert FileStore(store.path).load("a|s2", "a") == {"refresh_token": "rt-a",
+                                                        "account": {"upn": "me"}}
+    before = Path(store.path).read_bytes()
+    store.forget_account_tokens("a")  # nothing left to forget: the file is not rewritten
+    store.forget_account_tokens("nobody")
+    assert Path(store.path).read_bytes() == before
 
 
 def test_removing_from_a_missing_cache_creates_nothing(tmp_path: Path) -> None:
@@ -227,6 +259,57 @@ def test_stale_temporary_files_are_removed(store: FileStore) -> None:
     assert not stale.exists()
 
 
+def test_replace_is_retried_while_the_file_is_open_elsewhere(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows refuses to replace a file another process has open (WinError 5) until it closes
+    it: the write tries again, a little later."""
+    store.save("k", "a", record("at-old"))
+    real = os.replace
+    calls: list[str] = []
+    sleeps: list[float] = []
+
+    def busy_twice(src: Any, dst: Any) -> None:
+        calls.append(os.fspath(dst))
+        if len(calls) <= 2:
+            raise PermissionError(13, "Access is denied")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", busy_twice)
+    monkeypatch.setattr(filecache, "_sleep", sleeps.append)
+    store.save("k", "a", record("at-new"))
+    assert calls == [store.path] * 3
+    assert sleeps == [0.01, 0.02]
+    monkeypatch.undo()
+    loaded = FileStore(store.path).load("k", "a")
+    assert loaded is not None
+    assert loaded["access_token"] == "at-new"
+    assert sorted(os.listdir(store.folder)) == ["tokens.json", "tokens.json.lock"]
+
+
+def test_replace_gives_up_after_a_few_attempts(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.save("k", "a", record("at-old"))
+    before = Path(store.path).read_bytes()
+    calls: list[str] = []
+    sleeps: list[float] = []
+
+    def always_busy(src: Any, dst: Any) -> None:
+        calls.append(os.fspath(dst))
+        raise PermissionError(13, "Access is denied")
+
+    monkeypatch.setattr(os, "replace", always_busy)
+    monkeypatch.setattr(filecache, "_sleep", sleeps.append)
+    with pytest.raises(AuthLayerError, match=r"cannot write the token cache .*: Access is denied"):
+        store.save("k", "a", record("at-new-secret"))
+    assert len(calls) == filecache.REPLACE_ATTEMPTS == 10
+    assert sleeps == [0.01, 0.02, 0.03, 0.04, 0.05, 0.05, 0.05, 0.05, 0.05]
+    monkeypatch.undo()
+    assert Path(store.path).read_bytes() == before
+    assert sorted(os.listdir(store.folder)) == ["tokens.json", "tokens.json.lock"]
+
+
 def test_lock_timeout_is_a_clear_error(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
     store.save("k", "a", record("at-1"))
     monkeypatch.setattr(filecache, "LOCK_TIMEOUT", 0.2)
@@ -239,6 +322,164 @@ def test_lock_timeout_is_a_clear_error(store: FileStore, monkeypatch: pytest.Mon
     loaded = store.load("k", "a")
     assert loaded is not None
     assert loaded["access_token"] == "at-2"
+
+
+# ---------------------------------------------------------------------- other users' files
+
+OTHER_UID = 54321  # no one: a user other than the one running the tests
+
+needs_chown = pytest.mark.skipif(
+    os.name != "posix" or os.geteuid() != 0, reason="POSIX, as root (to give files away)"
+)
+
+
+def give_away(path: str | Path, *, follow: bool = True) -> None:
+    """Make ``path`` belong to another user."""
+    if follow:
+        os.chown(path, OTHER_UID, -1)
+    else:
+        os.lchown(path, OTHER_UID, -1)
+
+
+def planted(store: FileStore) -> bytes:
+    """A valid cache file with a token that another user put there."""
+    os.makedirs(store.folder, exist_ok=True)
+    raw = json.dumps({"version": 1, "tokens": {"k": record("at-planted")},
+                      "accounts": {"a": {"refresh_token": "rt-planted", "account": None}}})
+    Path(store.path).write_text(raw, encoding="utf-8")
+    return raw.encode("utf-8")
+
+
+def refuses(store: FileStore, *problems: str) -> None:
+    """Every method refuses the store with an error naming the path and ``problems``."""
+    uses: list[Callable[[], object]] = [
+        lambda: store.load("k", "a"),
+        lambda: store.save("k", "a", record("at-mine-secret", refresh_token="rt-mine")),
+        lambda: store.discard("k"),
+        lambda: store.delete("k", "a"),
+        lambda: store.forget_account_tokens("a"),
+    ]
+    for use in uses:
+        with pytest.raises(AuthLayerError, match="refusing to use the token cache") as caught:
+            use()
+        message = str(caught.value)
+        for problem in problems:
+            assert problem in message
+        assert "secret" not in message
+        assert "planted" not in message
+
+
+@needs_chown
+def test_a_cache_file_of_another_user_is_refused(store: FileStore) -> None:
+    store.save("k", "a", record("at-1", refresh_token="rt-1"))
+    assert store.load("k", "a") is not None  # the in-memory copy: an unchanged stamp
+    give_away(store.path)
+    before = Path(store.path).read_bytes()
+    refuses(store, f"file {store.path}", f"owned by another user (uid {OTHER_UID})")
+    refuses(FileStore(store.path), f"file {store.path}", f"uid {OTHER_UID}")
+    # left exactly as it was: not rewritten, not set aside, not made ours
+    assert Path(store.path).read_bytes() == before
+    assert sorted(os.listdir(store.folder)) == ["tokens.json", "tokens.json.lock"]
+    assert os.stat(store.path).st_uid == OTHER_UID
+    assert mode(store.path) == 0o600
+
+
+@needs_chown
+def test_a_world_writable_cache_file_of_another_user_is_refused(store: FileStore) -> None:
+    raw = planted(store)
+    give_away(store.path)
+    os.chmod(store.path, 0o666)  # noqa: S103 - the point of the test
+    refuses(store, store.path, f"owned by another user (uid {OTHER_UID})",
+            "writable by others (mode 0666)")
+    assert Path(store.path).read_bytes() == raw
+    assert mode(store.path) == 0o666  # not ours to change
+    assert os.stat(store.path).st_uid == OTHER_UID
+
+
+@needs_chown
+def test_a_symbolic_link_of_another_user_is_refused(store: FileStore, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.json"
+    target.write_text("{}", encoding="utf-8")
+    os.makedirs(store.folder)
+    os.symlink(target, store.path)
+    give_away(store.path, follow=False)
+    refuses(store, store.path, f"uid {OTHER_UID}")
+    assert os.path.islink(store.path)
+    assert target.read_text(encoding="utf-8") == "{}"
+
+
+@needs_chown
+def test_a_lock_file_of_another_user_is_refused(store: FileStore) -> None:
+    store.save("k", "a", record("at-1"))
+    give_away(store.lock_path)
+    os.chmod(store.lock_path, 0o666)  # noqa: S103 - the point of the test
+    changes: list[Callable[[], None]] = [
+        lambda: store.save("k", "a", record("at-2-secret")),
+        lambda: store.discard("k"),
+        lambda: store.delete("k", "a"),
+    ]
+    for change in changes:
+        with pytest.raises(AuthLayerError, match="refusing to use") as caught:
+            change()
+        message = str(caught.value)
+        assert f"lock file {store.lock_path}" in message
+        assert f"owned by another user (uid {OTHER_UID})" in message
+        assert "writable by others (mode 0666)" in message
+    assert mode(store.lock_path) == 0o666
+    loaded = store.load("k", "a")  # reading takes no lock: our own file is still fine
+    assert loaded is not None
+    assert loaded["access_token"] == "at-1"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_our_wider_lock_file_is_tightened(store: FileStore) -> None:
+    store.save("k", "a", record("at-1"))
+    os.chmod(store.lock_path, 0o666)  # noqa: S103 - the point of the test
+    store.save("k", "a", record("at-2"))
+    assert mode(store.lock_path) == 0o600
+
+
+@needs_chown
+def test_a_cache_folder_of_another_user_is_refused(store: FileStore) -> None:
+    store.save("k", "a", record("at-1"))
+    give_away(store.folder)
+    refuses(store, f"folder {store.folder}", f"owned by another user (uid {OTHER_UID})")
+    assert mode(store.folder) == 0o700
+    os.chmod(store.folder, 0o777)  # noqa: S103 - the point of the test
+    refuses(store, f"folder {store.folder}", f"uid {OTHER_UID}",
+            "writable by others (mode 0777)")
+    assert mode(store.folder) == 0o777  # not ours to change
+
+
+@needs_chown
+def test_a_shared_sticky_folder_of_another_user_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # noqa: S103 - like /tmp
+    give_away(shared)
+    store = FileStore(shared / "tokens.json")
+    with pytest.raises(AuthLayerError, match=f"owned by another user \\(uid {OTHER_UID}\\)$"):
+        store.save("k", "a", record("at-1"))
+    assert os.listdir(shared) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_our_writable_folder_that_cannot_be_tightened_is_refused(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.save("k", "a", record("at-1"))
+    os.chmod(store.folder, 0o770)  # noqa: S103 - the point of the test
+
+    def refused(path: Any, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refused)
+    refuses(store, f"folder {store.folder}", "writable by others (mode 0770)")
+    monkeypatch.undo()
+    os.chmod(store.folder, 0o750)  # noqa: S103 - readable by others only: tightened
+    loaded = store.load("k", "a")
+    assert loaded is not None
+    assert mode(store.folder) == 0o700
 
 
 # ---------------------------------------------------------------------- corrupt files
