@@ -6,10 +6,15 @@ verifier and silent reuse of the refresh token."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import stat
+import subprocess
 import sys
 import textwrap
+import time
 import webbrowser
 from pathlib import Path
 from typing import Any, Optional
@@ -18,14 +23,17 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from authlayer import EntraAuth, TokenError, get_token, jwt
+from authlayer._http import run_sync
 from authlayer.emulator import Emulator
 from authlayer.emulator.authorize import authorize_controls
-from authlayer.flows import authorization_code
+from authlayer.flows import FlowContext, authorization_code
 from authlayer.flows.authorization_code import LoopbackListener
 from authlayer.provider import PROVIDER
 
 from .conftest import Client, Profiles
-from .signin_helpers import TestBrowser, new_person, write_profile
+from .signin_helpers import TestBrowser, new_person, with_query, write_profile
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -47,6 +55,20 @@ def web(emu: Emulator, profiles: Profiles, public_app: Any) -> str:
 
 
 @pytest.fixture
+def real_console_check() -> None:
+    """Asked for by the tests of the console-browser check itself."""
+
+
+@pytest.fixture(autouse=True)
+def _no_console_browser_check(request: pytest.FixtureRequest,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests that replace ``webbrowser.open`` must reach it also on a machine whose first
+    browser is a console one (lynx, w3m): tests do not run on a terminal."""
+    if "real_console_check" not in request.fixturenames:
+        monkeypatch.setattr(authorization_code, "_console_browser_first", lambda: False)
+
+
+@pytest.fixture
 def browser(monkeypatch: pytest.MonkeyPatch) -> TestBrowser:
     fake = TestBrowser()
     monkeypatch.setattr(webbrowser, "open", fake)
@@ -58,12 +80,18 @@ class Listeners:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.made: list[LoopbackListener] = []
+        self.close_seconds: list[float] = []
         outer = self
 
         class Recorded(LoopbackListener):
             def __init__(self, state: str, port: Optional[int] = None) -> None:
                 super().__init__(state, port)
                 outer.made.append(self)
+
+            def close(self, *args: Any, **kwargs: Any) -> None:
+                started = time.monotonic()
+                super().close(*args, **kwargs)
+                outer.close_seconds.append(time.monotonic() - started)
 
         monkeypatch.setattr(authorization_code, "LoopbackListener", Recorded)
 
@@ -163,6 +191,48 @@ def test_a_fixed_redirect_port_is_used(emu: Emulator, person: str, profiles: Pro
     assert _query(browser.urls[0])["redirect_uri"] == f"http://localhost:{port}"
 
 
+def test_a_fixed_redirect_port_can_be_used_again_at_once(emu: Emulator, person: str,
+                                                        profiles: Profiles, public_app: Any,
+                                                        browser: TestBrowser) -> None:
+    """The listener closes its connections first, which leaves them in TIME_WAIT for a minute;
+    SO_REUSEADDR lets the next sign-in listen on the same port all the same."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write_profile(profiles, emu, "web", "authorization_code", client_id=public_app.client_id,
+                  redirect_port=port)
+    for _ in range(2):
+        PROVIDER.reset()  # nothing kept: each run signs in through the browser
+        get_token("web", prompt=lambda message: None)
+    assert [_query(url)["redirect_uri"] for url in browser.urls] == [
+        f"http://localhost:{port}"] * 2
+    assert [status for status, _page in browser.pages] == [200, 200]
+
+
+class _RecordingSocket:
+    def __init__(self) -> None:
+        self.options: list[tuple[int, int, int]] = []
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.options.append((level, option, value))
+
+
+def test_the_listener_port_is_exclusive_on_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Windows SO_REUSEADDR would let another program take the port: the listener asks for
+    SO_EXCLUSIVEADDRUSE there instead (checked here by recording the calls)."""
+    from authlayer.flows import authorization_code
+
+    monkeypatch.setattr(authorization_code.os, "name", "nt")
+    monkeypatch.setattr(socket, "SO_EXCLUSIVEADDRUSE", 0x7FFF_FFFB, raising=False)
+    sock = _RecordingSocket()
+    authorization_code._allow_quick_reuse(sock)  # type: ignore[arg-type]
+    assert sock.options == [(socket.SOL_SOCKET, 0x7FFF_FFFB, 1)]
+    monkeypatch.setattr(authorization_code.os, "name", "posix")
+    sock = _RecordingSocket()
+    authorization_code._allow_quick_reuse(sock)  # type: ignore[arg-type]
+    assert sock.options == [(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)]
+
+
 def test_a_busy_redirect_port_is_a_token_error(emu: Emulator, profiles: Profiles,
                                                public_app: Any, browser: TestBrowser) -> None:
     with socket.socket() as busy:
@@ -232,6 +302,82 @@ def test_an_error_callback_is_a_token_error(emu: Emulator, person: str, web: str
     assert "Sign-in failed" in browser.pages[0][1]
     assert emu.count("token") == 0
     assert _refused(listeners.made[0].port)
+
+
+def test_idle_browser_connections_do_not_delay_the_end_of_sign_in(
+        emu: Emulator, person: str, web: str, listeners: Listeners,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Browsers open spare connections (preconnects) and leave them idle; closing the listener
+    shuts them down at once instead of waiting for each."""
+    idle: list[socket.socket] = []
+
+    def during(location: str) -> None:
+        for _ in range(3):
+            idle.append(socket.create_connection(("127.0.0.1", listeners.made[0].port),
+                                                 timeout=5))
+
+    monkeypatch.setattr(webbrowser, "open", TestBrowser(during=during))
+    try:
+        token = get_token(web, prompt=lambda message: None)
+        assert jwt.decode(token.token)[1]["preferred_username"] == person
+        assert len(idle) == 3
+        for conn in idle:  # closed by the server, not left waiting for a request
+            conn.settimeout(2)
+            with contextlib.suppress(ConnectionResetError):
+                assert conn.recv(1) == b""
+        assert listeners.close_seconds
+        assert max(listeners.close_seconds) < 1.0  # a hang check, not a benchmark
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+def _raw_get(port: int, target: str, host: Optional[str]) -> int:
+    """Send one request with a chosen Host header (or none); return the answer's status."""
+    head = f"GET {target} HTTP/1.1\r\n"
+    if host is not None:
+        head += f"Host: {host}\r\n"
+    head += "Connection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(head.encode("latin-1"))
+        answer = b""
+        while chunk := conn.recv(4096):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_a_callback_for_another_host_is_ignored(emu: Emulator, person: str, web: str,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A page on another site that resolves its name to 127.0.0.1 (DNS rebinding) sends its
+    own Host header: that request is answered and ignored."""
+    statuses: list[int] = []
+
+    def during(location: str) -> None:
+        split = urlsplit(with_query(location, code="forged-code"))
+        assert split.port is not None
+        for host in (f"evil.example:{split.port}", f"localhost:{split.port + 1}", None):
+            statuses.append(_raw_get(split.port, f"/?{split.query}", host))
+
+    monkeypatch.setattr(webbrowser, "open", TestBrowser(during=during))
+    token = get_token(web, prompt=lambda message: None)
+    assert statuses == [400, 400, 400]
+    assert jwt.decode(token.token)[1]["preferred_username"] == person
+    assert "another host" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["localhost", "LOCALHOST", "127.0.0.1", "[::1]"])
+def test_loopback_host_names_are_accepted(name: str) -> None:
+    listener = LoopbackListener("the-state")
+    try:
+        status = _raw_get(listener.port, "/?state=the-state&code=c",
+                          f"{name}:{listener.port}")
+        assert status == 200
+        callback = listener.wait(2)
+        assert callback is not None
+        assert callback.code == "c"
+    finally:
+        listener.close()
 
 
 def test_no_answer_within_the_timeout(emu: Emulator, person: str, web: str,
@@ -325,6 +471,178 @@ def test_pkce_pairs_are_random_and_s256() -> None:
         assert 43 <= len(verifier) <= 128
         digest = hashlib.sha256(verifier.encode()).digest()
         assert challenge == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+# --------------------------------------------------------------------------- the browser command
+
+
+def _executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def _use_browser_variable(monkeypatch: pytest.MonkeyPatch, command: Path) -> None:
+    monkeypatch.setenv("BROWSER", str(command))
+    monkeypatch.setattr(webbrowser, "_tryorder", None)  # let webbrowser read $BROWSER again
+    monkeypatch.setattr(webbrowser, "_browsers", {})
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the stand-in browser forks")
+def test_the_browser_neither_writes_to_nor_holds_standard_output(
+        emu: Emulator, person: str, web: str, tmp_path: Path) -> None:
+    """``$(authlayer token web)``: the browser command says something on its standard output and
+    leaves a process behind (as xdg-open and browsers do). Neither may reach the token on
+    standard output, nor keep the command substitution waiting."""
+    marker = tmp_path / "browser-exited"
+    pidfile = tmp_path / "browser.pid"
+    script = tmp_path / "browser.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        print("Opening in existing browser session.", flush=True)
+        if os.fork() == 0:  # the browser proper lives on, with the same standard output
+            try:
+                with open({str(pidfile)!r}, "w") as out:
+                    out.write(str(os.getpid()))
+                import httpx
+                with httpx.Client(timeout=5, follow_redirects=True, trust_env=False) as c:
+                    page = c.get(sys.argv[1])
+                print("Signed in" in page.text, "page loaded", flush=True)
+                time.sleep(2)
+            finally:
+                with open({str(marker)!r}, "w") as out:
+                    out.write("exited")
+                os._exit(0)
+    """))
+    launcher = _executable(tmp_path / "test-browser",
+                           f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
+    errors = tmp_path / "stderr.txt"
+    env = {**os.environ, "BROWSER": str(launcher)}
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    try:
+        with errors.open("wb") as err:
+            done = subprocess.run([sys.executable, "-m", "authlayer", "token", web],
+                                  stdout=subprocess.PIPE, stderr=err, env=env, cwd=REPO,
+                                  timeout=30, check=False)
+        exited_already = marker.exists()
+        said = errors.read_text()
+        assert done.returncode == 0, said
+        out = done.stdout.decode()
+        token = out.strip()
+        assert out == token + "\n"
+        assert jwt.decode(token)[1]["preferred_username"] == person
+        assert "Opening" not in out
+        assert not exited_already, "authlayer waited for the browser's process to end"
+        assert "Opening in existing browser session." in said
+    finally:
+        if pidfile.exists() and not marker.exists():
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_standard_output_is_itself_again_after_the_browser_started(
+        emu: Emulator, person: str, web: str, capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def browser_says_something(url: str, *args: Any, **kwargs: Any) -> bool:
+        os.write(1, b"from the browser\n")
+        TestBrowser()(url)
+        return True
+
+    monkeypatch.setattr(webbrowser, "open", browser_says_something)
+    get_token(web, prompt=lambda message: None)
+    os.write(1, b"after\n")
+    out, err = capfd.readouterr()
+    assert out == "after\n"
+    assert "from the browser" in err
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file descriptors")
+def test_no_redirection_when_standard_error_is_closed(tmp_path: Path) -> None:
+    """With descriptor 2 closed (``2>&-``) the browser is started with standard output as it
+    is, and nothing fails; a file that got descriptor 2 since is not written to."""
+    other = tmp_path / "opened-later.txt"
+    code = ("import os\n"
+            "from authlayer.flows.authorization_code import _stdout_to_stderr\n"
+            f"later = open({str(other)!r}, 'w')\n"
+            "assert later.fileno() == 2\n"
+            "with _stdout_to_stderr():\n"
+            "    os.write(1, b'inside ')\n"
+            "os.write(1, b'after')\n")
+    done = subprocess.run(["/bin/sh", "-c", f'exec "{sys.executable}" -c "$0" 2>&-', code],
+                          stdout=subprocess.PIPE, cwd=REPO, timeout=30, check=False)
+    assert done.returncode == 0
+    assert done.stdout == b"inside after"
+    assert other.read_text() == ""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a shell script stands in for lynx")
+@pytest.mark.parametrize("on_a_terminal", [False, True])
+def test_a_console_browser_is_started_only_on_a_terminal(
+        emu: Emulator, person: str, web: str, tmp_path: Path, real_console_check: None,
+        monkeypatch: pytest.MonkeyPatch, on_a_terminal: bool) -> None:
+    """lynx, w3m and links take over the terminal until the person quits them: without one
+    (output captured, a script) the URL is printed for the person and no browser is started."""
+    import threading
+
+    import httpx
+
+    started = tmp_path / "lynx-started"
+    lynx = _executable(tmp_path / "lynx", f'#!/bin/sh\necho "$1" > "{started}"\n')
+    _use_browser_variable(monkeypatch, lynx)
+    monkeypatch.setattr(authorization_code, "_on_a_terminal", lambda: on_a_terminal)
+    shown: list[str] = []
+
+    def visit(message: str) -> None:  # the person opens the printed URL themselves
+        shown.append(message)
+        url = message.splitlines()[-1]
+
+        def go() -> None:
+            with httpx.Client(timeout=5, follow_redirects=True, trust_env=False) as c:
+                c.get(url)
+
+        threading.Thread(target=go, daemon=True).start()
+
+    token = get_token(web, prompt=visit)
+    assert jwt.decode(token.token)[1]["preferred_username"] == person
+    assert started.exists() is on_a_terminal
+    assert "visit this URL" in shown[0]
+
+
+# --------------------------------------------------------------------------- fresh sign-in
+
+
+def _kept(profile: str) -> dict[str, Any]:
+    binding = PROVIDER.bind(profile)
+    record = PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key)
+    assert record is not None
+    assert record["refresh_token"]
+    return record
+
+
+def test_a_fresh_sign_in_asks_the_browser_and_lets_the_person_choose(
+        emu: Emulator, person: str, web: str, browser: TestBrowser) -> None:
+    get_token(web, prompt=lambda message: None)
+    record = _kept(web)
+    ctx = FlowContext(PROVIDER.bind(web).profile, refresh_token=record["refresh_token"],
+                      account=record["account"], fresh_sign_in=True,
+                      prompt=lambda message: None)
+    result = run_sync(authorization_code.acquire(ctx))
+    assert result.access_token
+    assert len(browser.urls) == 2
+    assert "prompt" not in _query(browser.urls[0])
+    assert _query(browser.urls[1])["prompt"] == "select_account"
+    assert emu.count("token", grant_type="refresh_token") == 0
+
+
+def test_a_fresh_sign_in_keeps_the_profiles_own_prompt(emu: Emulator, profiles: Profiles,
+                                                       public_app: Any) -> None:
+    write_profile(profiles, emu, "web", "authorization_code", client_id=public_app.client_id,
+                  prompt="login")
+    ctx = FlowContext(PROVIDER.bind("web").profile, fresh_sign_in=True)
+    url = authorization_code.authorize_url(ctx, redirect_uri="http://localhost:1",
+                                           state="s", challenge="c")
+    assert _query(url)["prompt"] == "login"
 
 
 # --------------------------------------------------------------------------- silent reuse

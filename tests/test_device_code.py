@@ -5,22 +5,24 @@ blocking, Ctrl+C, silent reuse of the refresh token, and the ``authlayer`` comma
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 import time
 import types
-from typing import Any
+import warnings
+from typing import Any, Callable, Optional
 
 import pytest
 
 from authlayer import EntraAuth, TokenError, _http, get_token, get_token_async, jwt
-from authlayer._http import HttpResponse, Send, Sleep
+from authlayer._http import HttpResponse, Send, Sleep, run_sync
 from authlayer.cli import main
 from authlayer.config import load_profile
 from authlayer.emulator import Emulator
 from authlayer.emulator.device import DEVICE_CODE_GRANT, DeviceCodes, device_codes
 from authlayer.emulator.users import revoke_refresh_tokens
-from authlayer.flows import FlowContext, device_code
+from authlayer.flows import FlowContext, device_code, refresh
 from authlayer.provider import PROVIDER
 
 from .conftest import Client, Profiles
@@ -28,7 +30,8 @@ from .signin_helpers import Approver, approve_in_background, new_person, write_p
 
 
 @pytest.fixture
-def device(emu: Emulator) -> DeviceCodes:
+def device(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> DeviceCodes:
+    monkeypatch.setattr(device_code, "MIN_INTERVAL", 0.0)  # the emulator says interval 0
     controls = device_codes(emu)
     controls.interval = 0  # emu.reset() puts the default back
     controls.expires_in = 30
@@ -157,7 +160,7 @@ def test_the_codes_own_deadline_is_kept_by_the_clock(emu: Emulator, device: Devi
         get_token(me, prompt=prompt)
     assert info.value.error == "expired_token"
     assert "expired before the sign-in finished" in str(info.value)
-    assert _polls(emu) == 0
+    assert _polls(emu) == 1  # one last poll at the deadline, then no more
 
 
 def test_ctrl_c_while_polling_propagates_and_leaves_nothing_behind(
@@ -257,6 +260,76 @@ def test_interval_and_slow_down_steps_sans_io(emu: Emulator, profiles: Profiles)
     assert result.refresh_token == "rt"
 
 
+def _json(status: int, body: dict[str, Any]) -> HttpResponse:
+    return HttpResponse(status, {"content-type": "application/json"}, json.dumps(body).encode())
+
+
+_CODE = {"device_code": "dc", "user_code": "ABC",
+         "verification_uri": "https://example.test/devicelogin"}
+_TOKEN = {"access_token": "at", "expires_in": 3600, "token_type": "Bearer"}
+
+
+def _sans_io_ctx(emu: Emulator, profiles: Profiles,
+                 clock: Optional[Callable[[], float]] = None) -> FlowContext:
+    write_profile(profiles, emu, "me", "device_code", client_id="11111111-2222-3333-4444-5555")
+    return FlowContext(load_profile("me"), prompt=lambda message: None,
+                       clock=clock or time.time)
+
+
+@pytest.mark.parametrize("advertised", [0, 0.2, "0"])
+def test_polling_is_never_faster_than_min_interval(emu: Emulator, profiles: Profiles,
+                                                   advertised: Any) -> None:
+    assert device_code.MIN_INTERVAL == 1.0
+    flow = device_code.acquire(_sans_io_ctx(emu, profiles))
+    next(flow)
+    assert flow.send(_json(200, {**_CODE, "interval": advertised})) == Sleep(1.0)
+    assert isinstance(flow.send(None), Send)
+    assert flow.send(_json(400, {"error": "authorization_pending"})) == Sleep(1.0)
+    assert isinstance(flow.send(None), Send)
+    assert flow.send(_json(400, {"error": "slow_down"})) == Sleep(6.0)
+    flow.close()
+
+
+def test_one_last_poll_when_an_answer_comes_after_the_deadline(emu: Emulator,
+                                                              profiles: Profiles) -> None:
+    now = [1000.0]
+    flow = device_code.acquire(_sans_io_ctx(emu, profiles, clock=lambda: now[0]))
+    next(flow)
+    assert flow.send(_json(200, {**_CODE, "interval": 5, "expires_in": 12})) == Sleep(5.0)
+    now[0] += 5
+    assert isinstance(flow.send(None), Send)
+    now[0] += 8  # a slow answer: "pending" arrives after the code's deadline (13 s > 12 s)
+    last = flow.send(_json(400, {"error": "authorization_pending"}))
+    assert isinstance(last, Send)  # the person may have approved meanwhile: ask once more
+    with pytest.raises(StopIteration) as done:
+        flow.send(_json(200, _TOKEN))
+    assert done.value.value.access_token == "at"
+
+
+def test_no_poll_after_the_one_at_the_deadline(emu: Emulator, profiles: Profiles) -> None:
+    now = [1000.0]
+    flow = device_code.acquire(_sans_io_ctx(emu, profiles, clock=lambda: now[0]))
+    actions: list[Any] = [next(flow)]
+    answer: Any = _json(200, {**_CODE, "interval": 5, "expires_in": 12})
+
+    def the_person_never_approves() -> None:
+        nonlocal answer
+        while True:
+            action = flow.send(answer)
+            actions.append(action)
+            if isinstance(action, Sleep):
+                now[0] += action.seconds
+                answer = None
+            else:
+                answer = _json(400, {"error": "authorization_pending"})
+
+    with pytest.raises(TokenError) as info:
+        the_person_never_approves()
+    assert info.value.error == "expired_token"
+    assert [a.seconds if isinstance(a, Sleep) else "poll" for a in actions[1:]] == [
+        5.0, "poll", 5.0, "poll", 2.0, "poll"]
+
+
 def test_a_device_code_answer_without_a_code_is_a_token_error(emu: Emulator, me: str) -> None:
     emu.inject("missing_field", endpoint="devicecode", field="device_code")
     with pytest.raises(TokenError) as info:
@@ -306,6 +379,25 @@ def test_a_refused_refresh_token_means_signing_in_again(emu: Emulator, device: D
     approver = Approver(emu, person)
     get_token(me, force_refresh=True, prompt=approver)
     assert len(approver.messages) == 1
+    assert emu.count("devicecode") == 2
+
+
+def test_a_fresh_sign_in_ignores_the_kept_refresh_token(emu: Emulator, device: DeviceCodes,
+                                                        person: str, me: str) -> None:
+    get_token(me, prompt=Approver(emu, person))
+    binding = PROVIDER.bind(me)
+    record = PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key)
+    assert record is not None
+    assert record["refresh_token"]
+    someone_else = new_person(emu)
+    approver = Approver(emu, someone_else)
+    ctx = FlowContext(binding.profile, refresh_token=record["refresh_token"],
+                      account=record["account"], fresh_sign_in=True, prompt=approver)
+    result = run_sync(device_code.acquire(ctx))
+    assert len(approver.messages) == 1
+    assert result.account is not None
+    assert result.account["username"] == someone_else
+    assert emu.count("token", grant_type="refresh_token") == 0
     assert emu.count("devicecode") == 2
 
 
@@ -375,3 +467,33 @@ def test_cli_declined_sign_in_is_one_line_and_exit_1(emu: Emulator, device: Devi
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines()[-1].startswith("authlayer: profile 'me': device code sign-in failed")
+
+
+# --------------------------------------------------------------------------- prompt callbacks
+
+
+def test_an_async_prompt_is_not_awaited_but_the_instructions_are_shown(
+        emu: Emulator, device: DeviceCodes, person: str, me: str,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(refresh, "_warned_async_prompt", False)
+    called: list[str] = []
+
+    async def prompt(message: str) -> None:
+        called.append(message)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            PROVIDER.reset()  # no kept sign-in: the person is asked each time
+            thread = approve_in_background(emu, person)
+            get_token(me, prompt=prompt)  # type: ignore[arg-type]
+            thread.join(5)
+        gc.collect()
+    assert called == []
+    texts = [str(w.message) for w in caught]
+    assert not [t for t in texts if "never awaited" in t]
+    (warning,) = [w for w in caught if "plain function" in str(w.message)]  # once only
+    assert issubclass(warning.category, RuntimeWarning)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("enter the code") == 2

@@ -4,6 +4,7 @@ reaches logs, reprs, exception texts or standard output."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import traceback
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from authlayer import EntraAuth, TokenError, get_token, jwt
+from authlayer._http import HttpResponse, Send
 from authlayer.emulator import Emulator
 from authlayer.emulator.authorize import authorize_controls
 from authlayer.emulator.device import device_codes
@@ -25,7 +27,9 @@ from authlayer.emulator.users import (
     require_mfa,
     revoke_refresh_tokens,
 )
+from authlayer.flows import FlowContext, authorization_code, device_code
 from authlayer.flows import password as password_flow
+from authlayer.flows import refresh_token as refresh_token_flow
 from authlayer.flows.password import PasswordFlowWarning
 from authlayer.provider import PROVIDER
 
@@ -103,13 +107,30 @@ def test_a_refused_cached_refresh_token_falls_back_to_the_configured_one_once(
     assert _refresh_requests(emu)[before:] == [cached, configured]
 
 
+def _says_replace_the_configured_token(error: TokenError, profile: str) -> None:
+    """For flow refresh_token nobody can sign in again: the hint names where the profile
+    reads its refresh token from, and not `authlayer login`, which cannot help."""
+    assert error.hint is not None
+    assert "refresh_token" in error.hint
+    assert "env MY_RT" in error.hint
+    assert "authlayer login" not in error.hint
+    assert f"[hint: {error.hint}]" in str(error)
+    assert f"authlayer login {profile}" not in str(error)
+
+
 def test_a_refused_refresh_token_is_a_token_error_with_a_hint(emu: Emulator,
                                                               rt_profile: str) -> None:
     expire_refresh_token(emu, os.environ["MY_RT"])
     with pytest.raises(TokenError) as info:
         get_token(rt_profile)
+    assert info.value.error == "invalid_grant"
     assert info.value.error_codes == (700082,)
-    assert "sign in again" in str(info.value)
+    assert info.value.status == 400
+    assert info.value.correlation_id
+    assert info.value.correlation_id in str(info.value)
+    assert info.value.description is not None
+    assert "AADSTS700082" in info.value.description
+    _says_replace_the_configured_token(info.value, rt_profile)
     assert emu.count("token") == 1  # the cache had none, the configured one is tried once
 
 
@@ -120,7 +141,22 @@ def test_the_same_refused_token_is_not_tried_twice(emu: Emulator, rt_profile: st
     with pytest.raises(TokenError) as info:
         get_token(rt_profile, force_refresh=True)
     assert info.value.error_codes == (50173,)
+    _says_replace_the_configured_token(info.value, rt_profile)
     assert emu.count("token", grant_type="refresh_token") == 3
+
+
+def test_other_refresh_token_errors_keep_their_own_hint(rt_profile: str) -> None:
+    """Missing consent is not a refused refresh token: its own hint stays (sans I/O)."""
+    flow = refresh_token_flow.acquire(FlowContext(PROVIDER.bind(rt_profile).profile))
+    assert isinstance(next(flow), Send)
+    body = {"error": "invalid_grant", "error_codes": [65001], "correlation_id": "c-1",
+            "error_description": "AADSTS65001: The user or administrator has not consented."}
+    with pytest.raises(TokenError) as info:
+        flow.send(HttpResponse(400, {"content-type": "application/json"},
+                               json.dumps(body).encode()))
+    assert info.value.error_codes == (65001,)
+    assert info.value.hint is not None
+    assert "consent" in info.value.hint
 
 
 # --------------------------------------------------------------------------- on-behalf-of
@@ -269,6 +305,8 @@ client_secret = {{ env = "MID_SECRET" }}
 {common}
 """)
     device_codes(emu).interval = 0
+    monkeypatch.setattr(device_code, "MIN_INTERVAL", 0.0)
+    monkeypatch.setattr(authorization_code, "_console_browser_first", lambda: False)
     authorize_controls(emu).sign_in_as(person)
     browser = TestBrowser()
     monkeypatch.setattr(webbrowser, "open", browser)

@@ -2,16 +2,20 @@
 
 The flow asks ``{authority}/{tenant}/oauth2/v2.0/devicecode`` for a code, shows the service's
 instructions through ``ctx.prompt`` (standard error by default), then polls the token endpoint
-every ``interval`` seconds by yielding :class:`~authlayer._http.Sleep` actions, so it never
-blocks an event loop: ``authorization_pending`` keeps polling, ``slow_down`` adds five seconds,
-anything else ends the flow. When the cache holds a refresh token from an earlier sign-in, that
-is tried first, silently (see :mod:`authlayer.flows.refresh`).
+every ``interval`` seconds (never faster than :data:`MIN_INTERVAL`) by yielding
+:class:`~authlayer._http.Sleep` actions, so it never blocks an event loop:
+``authorization_pending`` keeps polling, ``slow_down`` adds five seconds, anything else ends the
+flow. The last poll is made at the code's deadline, so that an approval in the last interval is
+not lost. When the cache holds a refresh token from an earlier sign-in, that is tried first,
+silently (see :mod:`authlayer.flows.refresh`), except for a fresh sign-in
+(``ctx.fresh_sign_in``, ``authlayer login``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Generator
+from dataclasses import replace
 from typing import Any, Optional
 
 from .._http import (
@@ -26,14 +30,15 @@ from .._http import (
 from ..errors import TokenError
 from ..token import TokenResult
 from . import FlowContext, endpoint
-from .refresh import complete, sign_in_scope, silently_first
+from .refresh import complete, show, sign_in_scope, silently_first
 
-__all__ = ["DEFAULT_EXPIRES_IN", "DEFAULT_INTERVAL", "GRANT_TYPE", "acquire"]
+__all__ = ["DEFAULT_EXPIRES_IN", "DEFAULT_INTERVAL", "GRANT_TYPE", "MIN_INTERVAL", "acquire"]
 
 log = logging.getLogger("authlayer")
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_INTERVAL = 5.0  # seconds between polls when the service does not say
+MIN_INTERVAL = 1.0  # never poll faster, whatever the service says (``interval: 0``)
 DEFAULT_EXPIRES_IN = 900.0  # seconds the code lives when the service does not say
 SLOW_DOWN_STEP = 5.0
 
@@ -45,7 +50,10 @@ _FAILURES = {
 
 
 def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
-    """A token for a person: from the cached refresh token, else by device code sign-in."""
+    """A token for a person: from the cached refresh token, else by device code sign-in.
+    A fresh sign-in (``authlayer login``) ignores the kept refresh token and account."""
+    if ctx.fresh_sign_in:
+        ctx = replace(ctx, refresh_token=None, account=None)
     return (yield from silently_first(ctx, sign_in))
 
 
@@ -128,9 +136,9 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
             "device code request answered without a device_code or sign-in instructions",
             profile=name, status=response.status, error="malformed_response",
         )
-    interval = _number(body.get("interval"), DEFAULT_INTERVAL)
+    interval = max(MIN_INTERVAL, _number(body.get("interval"), DEFAULT_INTERVAL))
     deadline = ctx.clock() + _number(body.get("expires_in"), DEFAULT_EXPIRES_IN)
-    ctx.prompt(message)
+    show(ctx, message)
 
     form = {"grant_type": GRANT_TYPE, "client_id": profile.client_id, "device_code": device_code}
     if ctx.claims:
@@ -138,12 +146,11 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     token_url = ctx.token_url()
     while True:
         remaining = deadline - ctx.clock()
-        if remaining <= 0:
-            raise TokenError(
-                "device code sign-in failed: the device code expired before the sign-in "
-                "finished", profile=name, error="expired_token",
-            )
-        yield Sleep(min(interval, remaining))
+        # The wait ends at the deadline at the latest, and the poll made there is the last
+        # one; past the deadline (a slow answer), one more poll is made at once.
+        last = remaining <= interval
+        if remaining > 0:
+            yield Sleep(min(interval, remaining))
         poll = HttpRequest("POST", token_url, form=form, timeout=profile.timeout,
                            what="device code token request")
         answer = yield from send(poll, profile=name)
@@ -152,11 +159,14 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
                                     what="device code token request")
             return complete(result, account=ctx.account)
         err = error_from_response(answer, profile=name, what="device code token request")
-        if err.error == "authorization_pending":
-            continue
+        if err.error not in ("authorization_pending", "slow_down"):
+            raise _failure(err, name)
+        if last:
+            raise TokenError(
+                "device code sign-in failed: the device code expired before the sign-in "
+                "finished", profile=name, error="expired_token",
+            )
         if err.error == "slow_down":
             interval += SLOW_DOWN_STEP
             log.debug("profile %r: the service asked to poll more slowly (every %.0f s)",
                       name, interval)
-            continue
-        raise _failure(err, name)

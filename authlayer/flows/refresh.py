@@ -8,12 +8,15 @@ or raises when no person may be asked. :func:`complete` fills ``TokenResult.acco
 id_token's claims and keeps the refresh token just used when the answer brought no new one, so
 that the provider never forgets a sign-in. Interactive flows ask for ``openid profile
 offline_access`` besides the profile's scopes (:func:`sign_in_scope`), so that a refresh token
-and an id_token come back; the cache keys stay on the profile's own scopes.
+and an id_token come back; the cache keys stay on the profile's own scopes. :func:`show` hands
+sign-in instructions to ``ctx.prompt``, which must be a plain (synchronous) function.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import warnings
 from collections.abc import Generator
 from dataclasses import replace
 from typing import Any, Callable, Optional
@@ -22,7 +25,7 @@ from .. import jwt
 from .._http import Action
 from ..errors import TokenError
 from ..token import TokenResult
-from . import FlowContext
+from . import FlowContext, default_prompt
 from .client_auth import token_request
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "account_from_id_token",
     "complete",
     "redeem",
+    "show",
     "sign_in_scope",
     "silently_first",
 ]
@@ -40,6 +44,38 @@ SIGN_IN_SCOPES = ("openid", "profile", "offline_access")
 
 # Errors after which a refresh token is no good but a new sign-in may help.
 _SIGN_IN_AGAIN = frozenset({"invalid_grant", "interaction_required"})
+
+
+_warned_async_prompt = False  # the warning about an ``async def`` prompt, once per process
+
+
+def show(ctx: FlowContext, message: str) -> None:
+    """Show sign-in instructions through ``ctx.prompt``.
+
+    The prompt is called, never awaited (flows are sans-I/O and run under sync and async
+    drivers alike). When it returns an awaitable (an ``async def`` was passed), that is closed
+    unrun, so that no "never awaited" warning follows, and the message goes to standard error
+    instead, with a one-time :class:`RuntimeWarning` saying that ``prompt=`` must be a plain
+    function.
+    """
+    global _warned_async_prompt
+    # Typed to return None, but an ``async def`` passed by mistake returns a coroutine.
+    prompt: Callable[[str], object] = ctx.prompt
+    answer = prompt(message)
+    if not inspect.isawaitable(answer):
+        return
+    close = getattr(answer, "close", None) or getattr(answer, "cancel", None)
+    if callable(close):
+        close()
+    if not _warned_async_prompt:
+        _warned_async_prompt = True
+        warnings.warn(
+            "prompt= must be a plain function (def, not async def): authlayer calls it and "
+            "does not await it; the sign-in instructions were shown on standard error instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    default_prompt(message)
 
 
 def sign_in_scope(ctx: FlowContext) -> str:
