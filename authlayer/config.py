@@ -21,7 +21,7 @@ import stat
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -715,16 +715,28 @@ class _Builder:
     def workload_identity_env(self) -> None:
         """Fill what a workload identity profile leaves out from the environment: tenant,
         client_id and authority (unless cloud is set). Read now, when the profile is loaded, so
-        that the profile is complete and cache keys tell apps apart; checked like the keys."""
+        that the profile is complete and cache keys tell apps apart; checked like the keys.
+
+        The variables win over ``[defaults]``: they are what the platform says about this very
+        workload. Only keys in the profile (or what it ``extends``) win over them."""
         env = os.environ
+
+        def open_to_env(*keys: str) -> bool:
+            held = [self.values[k] for k in keys if k in self.values]
+            return all(v.origin == _DEFAULTS_ORIGIN for v in held)
+
         for key, name in (("tenant", ENV_TENANT_ID), ("client_id", ENV_CLIENT_ID)):
-            if key not in self.values and env.get(name, "").strip():
+            if open_to_env(key) and env.get(name, "").strip():
                 self.values[key] = _Value(env[name].strip(), f"from ${name}")
         host = env.get(ENV_AUTHORITY_HOST, "").strip()
-        if host and "authority" not in self.values and "cloud" not in self.values:
+        if host and open_to_env("authority", "cloud"):
             # azure-identity accepts a bare host name here
             url = host if "://" in host else f"https://{host}"
+            self.values.pop("cloud", None)
             self.values["authority"] = _Value(url, f"from ${ENV_AUTHORITY_HOST}")
+        if open_to_env("client_assertion") and env.get(ENV_FEDERATED_TOKEN_FILE, "").strip():
+            # build() then takes the token file (see federated_token_file)
+            self.values.pop("client_assertion", None)
 
     def federated_token_file(self) -> Optional[SecretSource]:
         """The token file named by ``$AZURE_FEDERATED_TOKEN_FILE``, as a secret source whose
@@ -1101,6 +1113,28 @@ class _Builder:
                 f"{MAX_TIMEOUT:g}",
             )
         return float(value)
+
+
+def workload_identity_for(profile: Profile) -> Profile:
+    """``profile`` (flow ``managed_identity``) made ready for the workload identity exchange, on
+    a host where the workload identity webhook set ``$AZURE_TENANT_ID``, ``$AZURE_CLIENT_ID`` and
+    ``$AZURE_FEDERATED_TOKEN_FILE``: tenant, client id (the profile's ``client_id`` wins over
+    ``$AZURE_CLIENT_ID``), authority (``$AZURE_AUTHORITY_HOST``, else the public cloud) and the
+    token file as client assertion, read now and checked like keys of the file."""
+    file = _File(path=profile.config_path or "", defaults={}, profiles={profile.name: {}})
+    builder = _Builder(file, profile.name)
+    if profile.client_id:
+        builder.values["client_id"] = _Value(profile.client_id, "")
+    builder.workload_identity_env()
+    v = builder.values
+    rules = _RULES["workload_identity"]
+    tenant = builder.tenant(v["tenant"].value, "workload_identity", rules) if "tenant" in v \
+        else None
+    client_id = builder.client_id(v["client_id"].value) if "client_id" in v else None
+    authority = builder.authority(v["authority"].value) if "authority" in v \
+        else DEFAULT_AUTHORITY
+    return replace(profile, tenant=tenant, client_id=client_id, authority=authority,
+                   client_assertion=builder.federated_token_file())
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import uuid
@@ -16,10 +17,13 @@ from typing import Any, Optional
 
 import pytest
 
-from authlayer import EntraAuth, TokenError, get_token
+from authlayer import ConfigError, EntraAuth, TokenError, get_token
+from authlayer import config as configlib
 from authlayer import jwt as jwtlib
 from authlayer.emulator import Emulator
 from authlayer.emulator.users import expire_refresh_token, mint_refresh_token
+from authlayer.flows import azure_cli
+from authlayer.provider import PROVIDER
 
 from .conftest import Client, Profiles
 
@@ -293,6 +297,8 @@ import json, os, sys
 here = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(here, "argv.json"), "w") as f:
     json.dump(sys.argv[1:], f)
+with open(os.path.join(here, "cwd.txt"), "w") as f:
+    f.write(os.getcwd())
 answer = os.path.join(here, "answer.json")
 if not os.path.exists(answer):
     sys.stderr.write("WARNING: something\\nERROR: Please run 'az login' to setup account.\\n")
@@ -396,3 +402,312 @@ def test_no_cache_and_no_az_says_what_to_do(emu: Emulator, cli_dir: CliFolder,
     assert "msal_token_cache.json does not exist" in message
     assert "az command is not on PATH" in message
     assert f"az login --tenant {emu.tenant_id}" in message
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in az is a POSIX script")
+def test_az_runs_from_a_system_folder(emu: Emulator, cli_dir: CliFolder, fake_az: FakeAz,
+                                      profiles: Profiles, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake_az.answer({"accessToken": "eyJ0eXAi.eyJ4Ijox.c2ln", "expires_on": int(time.time()) + 900})
+    get_token(_profile(emu, profiles))
+    assert (fake_az.folder / "cwd.txt").read_text() == "/"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in az is a POSIX script")
+def test_az_is_not_looked_for_in_the_current_folder(emu: Emulator, cli_dir: CliFolder,
+                                                    fake_az: FakeAz, profiles: Profiles,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_az.answer({"accessToken": "eyJ0eXAi.eyJ4Ijox.c2ln", "expires_on": int(time.time()) + 900})
+    monkeypatch.chdir(fake_az.folder)
+    monkeypatch.setenv("PATH", os.pathsep.join([".", "", "bin"]))
+    assert azure_cli.find_az() is None
+    with pytest.raises(TokenError) as info:
+        get_token(_profile(emu, profiles))
+    assert "az command is not on PATH" in str(info.value)
+    assert not (fake_az.folder / "argv.json").exists()
+
+
+@pytest.mark.parametrize("scope", ["https://api.example.com/a&b/.default",
+                                   "https://api.example.com/100%/.default",
+                                   'https://api.example.com/"x"/.default',
+                                   "https://api.example.com/a^b"])
+def test_az_arguments_are_checked(emu: Emulator, cli_dir: CliFolder, fake_az: FakeAz,
+                                  profiles: Profiles, scope: str) -> None:
+    profiles.write(f"""
+        [profiles.cli]
+        flow = "azure_cli"
+        authority = "{emu.url}"
+        scope = '{scope}'
+    """)
+    with pytest.raises(ConfigError) as info:
+        get_token("cli")
+    assert info.value.key == "scope"
+    assert "cannot be passed to az" in str(info.value)
+    assert not (fake_az.folder / "argv.json").exists()
+
+
+def test_az_tenant_argument_is_checked(profiles: Profiles) -> None:
+    profiles.write("""
+        [profiles.cli]
+        flow = "azure_cli"
+        scope = "https://management.azure.com/.default"
+    """)
+    profile = configlib.load_profile("cli")
+    from dataclasses import replace
+
+    for tenant in ("-contoso.com", "contoso.com&calc"):
+        with pytest.raises(ConfigError) as info:
+            azure_cli._az_arguments(replace(profile, tenant=tenant))
+        assert info.value.key == "tenant"
+    assert azure_cli._az_arguments(replace(profile, tenant="contoso.com"))[-2:] == [
+        "--tenant", "contoso.com"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state not in ("Z", "X")  # a zombie has stopped; only its parent's wait is missing
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")
+def test_az_timeout_stops_its_whole_process_tree(emu: Emulator, cli_dir: CliFolder,
+                                                 tmp_path: Path, profiles: Profiles,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "slow-bin"
+    folder.mkdir()
+    pid_file = tmp_path / "child.pid"
+    child = ("import os, sys, time; p = sys.argv[1]; open(p + '.tmp', 'w').write(str(os.getpid()));"
+             " os.rename(p + '.tmp', p); time.sleep(60)")
+    script = folder / "az"
+    # Python under bash, not exec'ed: killing bash alone would leave it running.
+    script.write_text(f"""#!/bin/bash
+"{sys.executable}" -c "{child}" "{pid_file}" </dev/null >/dev/null 2>&1
+echo '{{}}'
+""")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(folder))
+    monkeypatch.setattr(azure_cli, "AZ_TIMEOUT", 1.0)
+    with pytest.raises(TokenError) as info:
+        get_token(_profile(emu, profiles))
+    assert "did not finish within 1 s" in str(info.value)
+    assert pid_file.exists()
+    pid = int(pid_file.read_text())
+    try:
+        deadline = time.monotonic() + 3
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "az's child outlived the timeout"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------ a sign-in az may know better
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in az is a POSIX script")
+def test_cache_without_the_account_asks_az(emu: Emulator, cli_dir: CliFolder, fake_az: FakeAz,
+                                           profiles: Profiles) -> None:
+    cli_dir.write([], [])
+    fake_az.answer({"accessToken": "eyJ0eXAi.eyJ4Ijox.c2ln", "expires_on": int(time.time()) + 900})
+    assert get_token(_profile(emu, profiles)).token == "eyJ0eXAi.eyJ4Ijox.c2ln"
+    assert emu.count("any") == 0
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in az is a POSIX script")
+def test_cache_without_the_account_and_failing_az_says_both(
+        emu: Emulator, cli_dir: CliFolder, fake_az: FakeAz, alice: Account,
+        profiles: Profiles) -> None:
+    cli_dir.write([alice], [subscription(emu.tenant_id, alice.username, default=True)])
+    with pytest.raises(TokenError) as info:
+        get_token(_profile(emu, profiles, 'username = "carol@contoso.onmicrosoft.com"'))
+    message = str(info.value)
+    assert "not signed in as 'carol@contoso.onmicrosoft.com'" in message
+    assert "exit status 1" in message
+    assert "Please run 'az login'" in message
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in az is a POSIX script")
+@pytest.mark.parametrize("how", ["bin", "config", "variable"])
+def test_encrypted_cache_beside_a_stale_json_asks_az(
+        emu: Emulator, cli_dir: CliFolder, fake_az: FakeAz, alice: Account, profiles: Profiles,
+        monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    cli_dir.write([alice], [subscription(emu.tenant_id, alice.username, default=True)])
+    if how == "bin":
+        (cli_dir.path / "msal_token_cache.bin").write_bytes(os.urandom(64))
+    elif how == "config":
+        (cli_dir.path / "config").write_text("[core]\nencrypt_token_cache = true\n")
+    else:
+        monkeypatch.setenv("AZURE_CORE_ENCRYPT_TOKEN_CACHE", "yes")
+    fake_az.answer({"accessToken": "eyJ0eXAi.eyJ4Ijox.c2ln", "expires_on": int(time.time()) + 900})
+    assert get_token(_profile(emu, profiles)).token == "eyJ0eXAi.eyJ4Ijox.c2ln"
+    assert emu.count("any") == 0
+
+
+def test_encryption_turned_off_uses_the_json_cache(emu: Emulator, cli_dir: CliFolder,
+                                                   alice: Account, profiles: Profiles) -> None:
+    cli_dir.write([alice], [subscription(emu.tenant_id, alice.username, default=True)])
+    (cli_dir.path / "msal_token_cache.bin").write_bytes(os.urandom(64))  # left from before
+    (cli_dir.path / "config").write_text("[core]\nencrypt_token_cache = false\n")
+    assert get_token(_profile(emu, profiles)).token
+    assert emu.count("token") == 1
+
+
+def test_a_cache_caught_half_written_is_read_again(emu: Emulator, cli_dir: CliFolder,
+                                                   alice: Account, profiles: Profiles,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    cli_dir.write([alice], [subscription(emu.tenant_id, alice.username, default=True)])
+    path = cli_dir.path / "msal_token_cache.json"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    pauses: list[None] = []
+
+    def writer_finishes() -> None:  # the CLI completes its write while we wait
+        pauses.append(None)
+        path.write_bytes(whole)
+
+    monkeypatch.setattr(azure_cli, "_pause", writer_finishes)
+    assert get_token(_profile(emu, profiles)).token
+    assert pauses
+    assert emu.count("token") == 1
+
+
+# ------------------------------------------------------------------ another client id
+
+
+def test_non_family_client_id_is_told_it_cannot_use_the_cli_sign_in(
+        emu: Emulator, cli_dir: CliFolder, alice: Account, profiles: Profiles) -> None:
+    app = emu.register_app(public=True)
+    cli_dir.write([alice], [subscription(emu.tenant_id, alice.username, default=True)])
+    with pytest.raises(TokenError) as info:
+        get_token(_profile(emu, profiles, f'client_id = "{app.client_id}"'))
+    message = str(info.value)
+    assert "only the Azure CLI's own client id (04b07795-8ddb-461a-bbee-02f9e1bf7b46)" in message
+    assert "family" in message
+    assert "az login" not in message
+    assert info.value.error_codes == (70000,)
+
+
+def test_non_family_client_without_a_family_token_is_told_the_same(
+        emu: Emulator, tmp_path: Path, profiles: Profiles) -> None:
+    acct = Account("alice@contoso.com", "rt", emu.tenant_id)
+    cache = msal_cache([acct], emu.url.split("://", 1)[1])
+    for entry in cache["RefreshToken"].values():
+        entry.pop("family_id")
+    state = azure_cli.CliState(str(tmp_path), cache, None,
+                               (subscription(emu.tenant_id, acct.username, default=True),))
+    profile = configlib.load_profile(_profile(emu, profiles, f'client_id = "{uuid.uuid4()}"'))
+    with pytest.raises(TokenError) as info:
+        azure_cli._choose(profile, state)
+    assert "only the Azure CLI's own client id" in str(info.value)
+    assert "az login" not in str(info.value)
+
+
+# ------------------------------------------------------------------ national clouds
+
+
+@pytest.mark.parametrize(("cloud", "environment"), [
+    ("china", "login.chinacloudapi.cn"),
+    ("china", "login.partner.microsoftonline.cn"),
+    ("usgov", "login.usgovcloudapi.net"),
+    ("usgov", "login.microsoftonline.us"),
+    ("public", "login.windows.net"),
+    ("public", "login.microsoft.com"),
+    ("public", "sts.windows.net"),
+])
+def test_each_clouds_host_names_are_one_environment(tmp_path: Path, profiles: Profiles,
+                                                    cloud: str, environment: str) -> None:
+    tenant = str(uuid.uuid4())
+    acct = Account("alice@contoso.com", "rt-of-alice", tenant)
+    state = azure_cli.CliState(str(tmp_path), msal_cache([acct], environment), None,
+                               (subscription(tenant, acct.username, default=True),))
+    profiles.write(f"""
+        [profiles.cli]
+        flow = "azure_cli"
+        cloud = "{cloud}"
+        scope = "https://management.azure.com/.default"
+    """)
+    choice = azure_cli._choose(configlib.load_profile("cli"), state)
+    assert choice is not None
+    assert (choice.refresh_token, choice.tenant) == ("rt-of-alice", tenant)
+
+
+def test_another_clouds_sign_in_is_not_used(tmp_path: Path, profiles: Profiles) -> None:
+    tenant = str(uuid.uuid4())
+    acct = Account("alice@contoso.com", "rt-of-alice", tenant)
+    state = azure_cli.CliState(str(tmp_path), msal_cache([acct], "login.microsoftonline.com"),
+                               None, (subscription(tenant, acct.username, default=True),))
+    profiles.write("""
+        [profiles.cli]
+        flow = "azure_cli"
+        cloud = "china"
+        scope = "https://management.azure.com/.default"
+    """)
+    with pytest.raises(TokenError) as info:
+        azure_cli._choose(configlib.load_profile("cli"), state)
+    assert "login.partner.microsoftonline.cn" in str(info.value)
+
+
+# ------------------------------------------------------------------ a new process, a new sign-in
+
+
+def test_new_process_after_az_login_as_someone_else(emu: Emulator, cli_dir: CliFolder,
+                                                    alice: Account, profiles: Profiles) -> None:
+    cli_dir.write([alice], [subscription(emu.tenant_id, alice.username, default=True)])
+    name = _profile(emu, profiles)
+    assert _claims(get_token(name).token)["preferred_username"] == alice.username
+    PROVIDER.reset()  # a new process: only the file cache is left
+    bob = _sign_in(emu, f"bob-{uuid.uuid4().hex[:6]}@contoso.onmicrosoft.com")
+    cli_dir.write([bob], [subscription(emu.tenant_id, bob.username, default=True)])
+    assert _claims(get_token(name).token)["preferred_username"] == bob.username
+    assert emu.count("token") == 2
+
+
+def test_new_process_after_az_logout(emu: Emulator, cli_dir: CliFolder, alice: Account,
+                                     profiles: Profiles) -> None:
+    cli_dir.write([alice], [subscription(emu.tenant_id, alice.username, default=True)])
+    name = _profile(emu, profiles)
+    get_token(name)
+    PROVIDER.reset()
+    cli_dir.write([], [])
+    with pytest.raises(TokenError) as info:
+        get_token(name)
+    assert "az login" in str(info.value)
+
+
+def test_new_process_after_az_account_set_to_another_tenant(
+        emu: Emulator, cli_dir: CliFolder, alice: Account, profiles: Profiles) -> None:
+    other = emu.add_tenant(f"tailspin{uuid.uuid4().hex[:6]}.onmicrosoft.com")
+    emu.add_user(alice.username, tenant=other)
+    alice.realms = (emu.tenant_id, other)
+    cli_dir.write([alice], [subscription(emu.tenant_id, alice.username, default=True),
+                            subscription(other, alice.username)])
+    name = _profile(emu, profiles)
+    assert _claims(get_token(name).token)["tid"] == emu.tenant_id
+    PROVIDER.reset()
+    cli_dir.write([alice], [subscription(emu.tenant_id, alice.username),
+                            subscription(other, alice.username, default=True)])
+    assert _claims(get_token(name).token)["tid"] == other
+
+
+def test_cache_identity_names_account_and_tenant_and_never_raises(
+        emu: Emulator, cli_dir: CliFolder, alice: Account, profiles: Profiles,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = configlib.load_profile(_profile(emu, profiles))
+    cli_dir.write([alice], [subscription(emu.tenant_id, alice.username, default=True)])
+    assert azure_cli.cache_identity(profile) == f"{alice.home_account_id}|{emu.tenant_id}"
+    cli_dir.write([], [])
+    assert azure_cli.cache_identity(profile) == ""
+
+    def broken(folder: Path) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(azure_cli, "read_state", broken)
+    assert azure_cli.cache_identity(profile) == ""

@@ -211,3 +211,69 @@ def test_expired_federated_token_is_refused(emu: Emulator, issuer: Issuer, token
     with pytest.raises(TokenError) as info:
         get_token(_profile(emu, profiles))
     assert info.value.error_codes == (700024,)
+
+
+def test_defaults_do_not_override_the_webhooks_variables(
+        emu: Emulator, fed_app: Any, issuer: Issuer, pod_env: None, profiles: Profiles,
+        tmp_path: Path) -> None:
+    """[defaults] is about the file's other apps: the webhook's variables describe this pod."""
+    other_app = emu.register_app(federated=[{"issuer": issuer.url, "subject": "other"}])
+    (tmp_path / "other.jwt").write_text(issuer.mint("other"))
+    profiles.write(f"""
+        [defaults]
+        tenant = "fabrikam{uuid.uuid4().hex[:8]}.onmicrosoft.com"
+        client_id = "{other_app.client_id}"
+        client_assertion = {{ file = "other.jwt" }}
+        authority = "https://login.example.invalid"
+
+        [profiles.wi]
+        flow = "workload_identity"
+        scope = "{emu.api_scope}"
+        timeout = 5
+    """)
+    profile = configlib.load_profile("wi")
+    assert (profile.tenant, profile.client_id, profile.authority) == (
+        emu.tenant_id, fed_app.client_id, emu.url)
+    assert profile.client_assertion is not None
+    assert profile.client_assertion.key == "AZURE_FEDERATED_TOKEN_FILE"
+    claims = jwtlib.decode(get_token("wi").token)[1]
+    assert claims["appid"] == fed_app.client_id
+
+
+def test_defaults_fill_what_the_environment_leaves_out(
+        emu: Emulator, pod_env: None, profiles: Profiles,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    domain = f"fabrikam{uuid.uuid4().hex[:8]}.onmicrosoft.com"
+    profiles.write(f"""
+        [defaults]
+        tenant = "{domain}"
+        cloud = "usgov"
+
+        [profiles.wi]
+        flow = "workload_identity"
+        scope = "{emu.api_scope}"
+    """)
+    monkeypatch.delenv("AZURE_TENANT_ID")
+    monkeypatch.delenv("AZURE_AUTHORITY_HOST")
+    profile = configlib.load_profile("wi")
+    assert (profile.tenant, profile.authority) == (domain, "https://login.microsoftonline.us")
+
+
+def test_keys_inherited_through_extends_win_over_the_environment(
+        emu: Emulator, pod_env: None, profiles: Profiles) -> None:
+    domain = f"fabrikam{uuid.uuid4().hex[:8]}.onmicrosoft.com"
+    client_id = str(uuid.uuid4())
+    profiles.write(f"""
+        [profiles.base]
+        flow = "workload_identity"
+        scope = "{emu.api_scope}"
+        tenant = "{domain}"
+        client_id = "{client_id}"
+        cloud = "china"
+
+        [profiles.wi]
+        extends = "base"
+    """)
+    profile = configlib.load_profile("wi")
+    assert (profile.tenant, profile.client_id, profile.authority) == (
+        domain, client_id, "https://login.partner.microsoftonline.cn")

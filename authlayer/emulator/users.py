@@ -6,8 +6,9 @@ app and the requested scopes into Entra's answer: an access token carrying ``scp
 ``preferred_username``, ``name`` and ``tid``; an ``id_token`` when ``openid`` was asked; a
 refresh token when ``offline_access`` was asked (always on a refresh). Refresh tokens are opaque
 strings kept per emulator; each redemption returns a new one and the old one stays valid, as
-Entra does. Family refresh tokens (``foci``) are issued to the well-known public clients and
-can be redeemed by any of them, in any tenant the person belongs to.
+Entra does. A refresh token is bound to the person and the client, not to a tenant: it can be
+redeemed in any tenant the person belongs to. Family refresh tokens (``foci``) are issued to the
+well-known public clients and can be redeemed by any of them.
 
 Well-known public client ids (Azure CLI, Azure PowerShell, Microsoft Graph PowerShell,
 :data:`WELL_KNOWN_PUBLIC_CLIENTS`) work without registration: they are registered as public
@@ -266,8 +267,9 @@ def mint_refresh_token(
     registered app or a well-known public client id (the Azure CLI's
     ``04b07795-8ddb-461a-bbee-02f9e1bf7b46``, ...). ``family`` defaults to true for the family
     clients (Azure CLI, Azure PowerShell): a family token can be redeemed by those clients for
-    any scope, in every tenant the person was added to (``emu.add_user(username,
-    tenant=...)``); any other refresh token only by its client, in its tenant.
+    any scope; any other refresh token only by its client. Either works in every tenant the
+    person was added to (``emu.add_user(username, tenant=...)``), as in Entra, which binds
+    refresh tokens to the person and the client, not to a tenant.
     """
     app = ensure_known_client(emu, client_id)
     if app is None:
@@ -441,9 +443,6 @@ def refresh_token_grant(emu: Emulator, req: Request, tenant_ref: TenantRef) -> R
     if cid != found.client_id and not (found.family and cid in FAMILY_CLIENTS):
         raise invalid_grant(70000, "Provided grant is invalid or malformed: the refresh token "
                                    "was issued to another client.")
-    if tenant.id != found.tenant_id and not found.family:
-        raise invalid_grant(70000, "Provided grant is invalid or malformed: the refresh token "
-                                   "was issued in another tenant.")
     if found.status == "expired":
         raise invalid_grant(700082, "The refresh token has expired due to inactivity. The "
                                     "token was issued on a date and was inactive for 90 days.")

@@ -9,19 +9,25 @@ the CLI's own, or a family refresh token) and redeems it at ``{authority}/{tenan
 token`` for the profile's scope. It only reads the CLI's files, never writes them, and does not
 keep the refresh token anywhere: the CLI's cache stays the one source of truth, so ``az logout``
 and ``az login`` as someone else take effect at the next token. When the cache cannot be read
-(absent, or encrypted as on Windows), or the CLI is signed in as a service principal or a
-managed identity, it runs ``az account get-access-token`` instead (without a shell, with a
-timeout). File reads and the ``az`` run are :class:`~authlayer._http.Call` actions; HTTP is
+(absent, or encrypted as on Windows), holds no usable sign-in, or the CLI is signed in as a
+service principal or a managed identity, it runs ``az account get-access-token`` instead
+(without a shell, from a system folder, with a timeout that stops its whole process tree).
+:func:`cache_identity` names the account and tenant that would be used, for the cache key. File
+reads and the ``az`` run are :class:`~authlayer._http.Call` actions; HTTP is
 :mod:`authlayer._http`'s.
 """
 
 from __future__ import annotations
 
+import configparser
+import contextlib
 import datetime as dt
 import json
 import os
-import shutil
+import re
+import signal
 import subprocess
+import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,23 +36,37 @@ from urllib.parse import urlsplit
 
 from .. import jwt
 from .._http import Action, Call, HttpRequest, refresh_time, send, token_response
+from ..config import AZURE_CLI_CLIENT_ID
 from ..errors import TokenError, redact
 from ..profile import Profile
 from ..token import TokenResult
 from . import FlowContext, endpoint
 
-__all__ = ["AZ_TIMEOUT", "CliState", "acquire", "config_dir", "read_state"]
+__all__ = ["AZ_TIMEOUT", "CliState", "acquire", "cache_identity", "config_dir", "find_az",
+           "read_state"]
 
 CACHE_FILE = "msal_token_cache.json"
 ENCRYPTED_CACHE_FILE = "msal_token_cache.bin"
 PROFILE_FILE = "azureProfile.json"
+CONFIG_FILE = "config"
 AZ_TIMEOUT = 30.0
+REREAD_DELAY = 0.05  # a cache file caught half-written by the CLI is read again after this
 FAMILY_ID = "1"
 
-# Names of the public cloud's sign-in host; MSAL treats them as one environment.
-_PUBLIC_HOSTS = frozenset(
-    {"login.microsoftonline.com", "login.windows.net", "login.microsoft.com", "sts.windows.net"}
+# Each cloud's names of its sign-in host; MSAL treats each group as one environment.
+_CLOUD_HOSTS = (
+    frozenset({"login.microsoftonline.com", "login.windows.net", "login.microsoft.com",
+               "sts.windows.net"}),
+    frozenset({"login.chinacloudapi.cn", "login.partner.microsoftonline.cn"}),
+    frozenset({"login.microsoftonline.us", "login.usgovcloudapi.net"}),
 )
+
+# What may be passed to az on its command line (on Windows az is a .cmd file, whose arguments
+# cmd.exe parses again): no spaces, quotes, % or shell characters, and no leading "-".
+_SAFE_ARGUMENT = re.compile(r"[0-9A-Za-z_.:/-]+")
+# How knack (the CLI's configuration) reads booleans
+_BOOLEANS = {"1": True, "yes": True, "true": True, "on": True,
+             "0": False, "no": False, "false": False, "off": False}
 
 # Why a refresh was refused, by AADSTS code, said in the Azure CLI's terms.
 _REASONS = {
@@ -92,30 +112,62 @@ class CliState:
         return [e for e in entries.values() if isinstance(e, dict)]
 
 
+def _pause() -> None:
+    time.sleep(REREAD_DELAY)
+
+
 def _read_json(path: Path) -> Any:
+    """A JSON file of the CLI's. One that is not JSON is read again once, a moment later: the
+    CLI may have been caught writing it."""
     # utf-8-sig: the CLI on Windows writes azureProfile.json with a byte order mark
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):
+        _pause()
     return json.loads(path.read_bytes().decode("utf-8-sig"))
+
+
+def _encrypted(folder: Path) -> Optional[str]:
+    """Why the CLI's token cache is its encrypted ``msal_token_cache.bin`` (so that a
+    ``msal_token_cache.json`` beside it is stale), or ``None``: ``core.encrypt_token_cache``
+    (``$AZURE_CORE_ENCRYPT_TOKEN_CACHE``, else the CLI's ``config`` file) when set, else whether
+    the ``.bin`` file exists."""
+    setting = os.environ.get("AZURE_CORE_ENCRYPT_TOKEN_CACHE")
+    where = "$AZURE_CORE_ENCRYPT_TOKEN_CACHE"
+    if setting is None:
+        parser = configparser.ConfigParser(interpolation=None)
+        # A broken file: the CLI would complain itself; the files decide.
+        with contextlib.suppress(configparser.Error, UnicodeDecodeError, OSError):
+            parser.read(folder / CONFIG_FILE, encoding="utf-8")
+        setting = parser.get("core", "encrypt_token_cache", fallback=None)
+        where = f"encrypt_token_cache in {folder / CONFIG_FILE}"
+    flag = _BOOLEANS.get((setting or "").strip().lower())
+    if flag is not None:
+        return f"the CLI encrypts its token cache ({where})" if flag else None
+    if (folder / ENCRYPTED_CACHE_FILE).exists():
+        return f"the CLI keeps its token cache encrypted in {ENCRYPTED_CACHE_FILE}"
+    return None
 
 
 def read_state(folder: Path) -> CliState:
     """Read the CLI's token cache and profile (blocking; read only)."""
     cache: Optional[dict[str, Any]] = None
-    problem: Optional[str] = None
-    try:
-        loaded = _read_json(folder / CACHE_FILE)
-        if isinstance(loaded, dict):
-            cache = loaded
-        else:
-            problem = "is not an MSAL token cache"
-    except FileNotFoundError:
-        problem = (
-            f"does not exist (the CLI keeps an encrypted {ENCRYPTED_CACHE_FILE} instead)"
-            if (folder / ENCRYPTED_CACHE_FILE).exists() else "does not exist"
-        )
-    except (UnicodeDecodeError, ValueError):
-        problem = "is not plain JSON (encrypted?)"
-    except OSError as exc:
-        problem = f"cannot be read ({exc.strerror})"
+    problem = _encrypted(folder)
+    if problem is not None:
+        problem = f"is not used: {problem}"
+    else:
+        try:
+            loaded = _read_json(folder / CACHE_FILE)
+            if isinstance(loaded, dict):
+                cache = loaded
+            else:
+                problem = "is not an MSAL token cache"
+        except FileNotFoundError:
+            problem = "does not exist"
+        except (UnicodeDecodeError, ValueError):
+            problem = "is not plain JSON (encrypted?)"
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror})"
     subscriptions: tuple[dict[str, Any], ...] = ()
     try:
         doc = _read_json(folder / PROFILE_FILE)
@@ -131,9 +183,9 @@ def read_state(folder: Path) -> CliState:
 
 def _environments(profile: Profile) -> frozenset[str]:
     """The cache ``environment`` values that belong to the profile's authority: its host (with
-    the port, if any), and for the public cloud every alias of it."""
+    the port, if any), and every other name of that cloud's sign-in host."""
     host = urlsplit(profile.authority).netloc.lower()
-    return _PUBLIC_HOSTS if host in _PUBLIC_HOSTS else frozenset({host})
+    return next((names for names in _CLOUD_HOSTS if host in names), frozenset({host}))
 
 
 def _login_hint(tenant: Optional[str]) -> str:
@@ -147,17 +199,46 @@ def _user_of(subscription: Mapping[str, Any]) -> tuple[str, str]:
     return str(user.get("name") or ""), str(user.get("type") or "user")
 
 
+def _is_cli(client_id: Optional[str]) -> bool:
+    return (client_id or "").lower() == AZURE_CLI_CLIENT_ID
+
+
 @dataclass(frozen=True)
 class _Choice:
     username: str
     tenant: str
+    home_account_id: str
     refresh_token: str = field(repr=False)
+    client_id: str = ""  # the client the refresh token was issued to
+
+
+class _NotSignedIn(TokenError):
+    """No usable sign-in in the CLI's cache: ``az`` may still be asked. ``reason`` is the
+    message without the hint."""
+
+    def __init__(self, profile: Profile, reason: str, tenant: Optional[str]) -> None:
+        self.reason = reason
+        self.tenant = tenant
+        super().__init__(reason, profile=profile.name, error="azure_cli_not_signed_in",
+                         hint=f"sign in with: {_login_hint(tenant)}")
 
 
 def _not_signed_in(profile: Profile, message: str, tenant: Optional[str]) -> TokenError:
+    return _NotSignedIn(profile, message, tenant)
+
+
+def _other_client(profile: Profile, exc: Optional[TokenError] = None) -> TokenError:
+    """The profile's client_id is not one that can redeem the CLI's refresh token."""
     return TokenError(
-        message, profile=profile.name, error="azure_cli_not_signed_in",
-        hint=f"sign in with: {_login_hint(tenant)}",
+        f"client_id {profile.client_id} cannot use the Azure CLI's sign-in: only the Azure "
+        f"CLI's own client id ({AZURE_CLI_CLIENT_ID}) or another client of Microsoft's family "
+        "of apps can redeem its refresh token",
+        profile=profile.name, error=exc.error if exc is not None else "azure_cli_other_client",
+        error_codes=exc.error_codes if exc is not None else (),
+        correlation_id=exc.correlation_id if exc is not None else None,
+        status=exc.status if exc is not None else None,
+        hint="remove client_id from the profile to use the Azure CLI's, or sign in as your app "
+             "with its own flow (device_code, authorization_code)",
     )
 
 
@@ -216,13 +297,17 @@ def _choose(profile: Profile, state: CliState) -> Optional[_Choice]:
     usable = [t for t in tokens if str(t.get("client_id") or "").lower() == client_id
               or str(t.get("family_id") or "") == FAMILY_ID]
     if not usable:
+        if tokens and not _is_cli(client_id):
+            raise _other_client(profile)
         raise _not_signed_in(
             profile,
             f"the Azure CLI's cache {state.cache_path} has no refresh token for {username!r} "
             f"that client {profile.client_id} can use",
             tenant,
         )
-    return _Choice(username, tenant, str(usable[0]["secret"]))
+    chosen = usable[0]
+    return _Choice(username, tenant, home, str(chosen["secret"]),
+                   str(chosen.get("client_id") or "").lower())
 
 
 def _refused(profile: Profile, exc: TokenError, choice: _Choice) -> TokenError:
@@ -230,6 +315,13 @@ def _refused(profile: Profile, exc: TokenError, choice: _Choice) -> TokenError:
     if exc.error not in ("invalid_grant", "interaction_required", "unauthorized_client",
                          "invalid_client"):
         return exc
+    client_id = (profile.client_id or "").lower()
+    if (not _is_cli(client_id) and choice.client_id != client_id
+            and not any(c in _REASONS for c in exc.error_codes)
+            and (exc.error != "interaction_required")):
+        # Another client's (family) refresh token, refused to this client: not a sign-in
+        # problem that az login would solve.
+        return _other_client(profile, exc)
     reason = next((_REASONS[c] for c in exc.error_codes if c in _REASONS),
                   f"the Azure CLI's sign-in of {choice.username!r} was refused in this tenant")
     return TokenError(
@@ -240,52 +332,158 @@ def _refused(profile: Profile, exc: TokenError, choice: _Choice) -> TokenError:
     )
 
 
+def cache_identity(profile: Profile) -> str:
+    """Whose tokens the profile gets now, for the cache key: ``"<home_account_id>|<tenant>"`` of
+    the account and tenant the CLI's files choose; when ``az`` would be asked, ``"az:<user>|
+    <tenant>"`` of the default subscription; ``""`` when that cannot be told. Called once per
+    process, when the profile is first used: ``az login`` as someone else, ``az logout`` or
+    ``az account set`` to another tenant are seen by the next process. Never raises."""
+    try:
+        state = read_state(config_dir())
+        if state.cache is not None:
+            try:
+                choice = _choose(profile, state)
+            except TokenError:
+                return ""  # not signed in (az may be asked): no one's tokens to tell apart
+            if choice is not None:
+                return f"{choice.home_account_id}|{choice.tenant}"
+        default = state.default_subscription
+        if default is None:
+            return ""
+        return f"az:{_user_of(default)[0]}|{profile.tenant or default.get('tenantId') or ''}"
+    except Exception:  # a cache key never fails; acquire() reports the problem
+        return ""
+
+
 # --------------------------------------------------------------------------- az itself
 
 
-def _resource_args(profile: Profile) -> list[str]:
+def _argument(profile: Profile, key: str, value: str) -> str:
+    """``value`` if it may go on az's command line, else a ConfigError naming ``key``."""
+    if not _SAFE_ARGUMENT.fullmatch(value) or value.startswith("-"):
+        raise profile.config_error(
+            f"{key} {value[:80]!r} cannot be passed to az account get-access-token: it may "
+            "hold only letters, digits and _ . : / - and must not start with -",
+            key=key,
+        )
+    return value
+
+
+def _az_arguments(profile: Profile) -> list[str]:
     scopes = profile.scopes
     if len(scopes) == 1 and scopes[0].endswith("/.default"):
-        return ["--resource", scopes[0][: -len("/.default")]]
-    return ["--scope", *scopes]
+        args = ["--resource", _argument(profile, "scope", scopes[0][: -len("/.default")])]
+    else:
+        args = ["--scope", *(_argument(profile, "scope", s) for s in scopes)]
+    if profile.tenant:
+        args += ["--tenant", _argument(profile, "tenant", profile.tenant)]
+    return args
 
 
-def run_az(profile: Profile, why: str) -> dict[str, Any]:
-    """``az account get-access-token`` for the profile (blocking): its JSON answer."""
+def find_az() -> Optional[str]:
+    """The ``az`` command on ``PATH``, or ``None``. Only absolute ``PATH`` entries are searched:
+    never the current folder (which Windows would search first)."""
+    if os.name == "nt":
+        extensions = [e for e in os.environ.get("PATHEXT", ".COM;.EXE;.BAT;.CMD").split(";")
+                      if e.lower() in (".exe", ".cmd", ".bat", ".com")]
+        names = ["az" + e.lower() for e in extensions]
+    else:
+        names = ["az"]
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        entry = entry.strip().strip('"')
+        if not entry or not os.path.isabs(entry):
+            continue
+        for name in names:
+            candidate = os.path.join(entry, name)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate
+    return None
+
+
+def _system_folder() -> str:
+    """Where az runs: a folder nobody plants files in, never the caller's current folder."""
+    if os.name == "nt":
+        return os.environ.get("SYSTEMROOT") or "C:\\Windows"
+    return "/"
+
+
+def _stop_tree(process: subprocess.Popen[bytes]) -> None:
+    """Stop az and everything it started (it runs Python, which may run more)."""
+    if os.name == "nt":
+        taskkill = os.path.join(_system_folder(), "System32", "taskkill.exe")
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([taskkill, "/T", "/F", "/PID", str(process.pid)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=10, check=False,
+                           cwd=_system_folder())
+    else:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: see _run
+    with contextlib.suppress(OSError):
+        process.kill()
+
+
+def _run(args: list[str]) -> tuple[int, bytes, bytes]:
+    """Run az without a shell, with standard input closed, from a system folder, in its own
+    process group, for at most :data:`AZ_TIMEOUT` seconds (then its whole tree is stopped and
+    :class:`subprocess.TimeoutExpired` raised)."""
+    options: dict[str, Any] = {}
+    if os.name == "nt":
+        options["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)
+    else:
+        options["start_new_session"] = True
+    with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, cwd=_system_folder(), **options) as process:
+        try:
+            out, err = process.communicate(timeout=AZ_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _stop_tree(process)
+            # Something outside its tree may hold the pipes: then leave it.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.communicate(timeout=5)
+            raise
+        return process.returncode, out, err
+
+
+def run_az(profile: Profile, why: str, cache_error: Optional[TokenError] = None
+           ) -> dict[str, Any]:
+    """``az account get-access-token`` for the profile (blocking): its JSON answer.
+
+    ``why`` says why the CLI's cache could not be used. ``cache_error``, when given, is raised
+    as it is if ``az`` is not on ``PATH`` (the cache was readable but held no usable sign-in).
+    """
     tenant = profile.tenant
-    exe = shutil.which("az")
+    args = _az_arguments(profile)
+    exe = find_az()
     if exe is None:
+        if cache_error is not None:
+            raise cache_error
         raise _not_signed_in(
             profile,
             f"cannot use the Azure CLI's sign-in: {why}, and the az command is not on PATH to "
             "ask instead (install the Azure CLI)",
             tenant,
         )
-    args = [exe, "account", "get-access-token", "--output", "json", *_resource_args(profile)]
-    if tenant:
-        args += ["--tenant", tenant]
     try:
-        done = subprocess.run(
-            args, capture_output=True, timeout=AZ_TIMEOUT, check=False, stdin=subprocess.DEVNULL
-        )
+        status, out, err = _run([exe, "account", "get-access-token", "--output", "json", *args])
     except subprocess.TimeoutExpired:
         raise TokenError(f"az account get-access-token did not finish within {AZ_TIMEOUT:g} s",
                          profile=profile.name, error="azure_cli_failed") from None
     except OSError as exc:
         raise TokenError(f"az could not run: {exc.strerror}", profile=profile.name,
                          error="azure_cli_failed") from None
-    if done.returncode != 0:
-        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    if status != 0:
+        lines = err.decode("utf-8", "replace").strip().splitlines()
         said = next((ln for ln in lines if ln.startswith("ERROR")), lines[0] if lines else "")
         raise TokenError(
             f"cannot use the Azure CLI's sign-in: {why}; and az account get-access-token "
-            f"failed with exit status {done.returncode}"
+            f"failed with exit status {status}"
             + (f": {redact(said.strip())[:300]}" if said else ""),
             profile=profile.name, error="azure_cli_failed",
             hint=f"is the Azure CLI signed in? run: {_login_hint(tenant)}",
         )
     try:
-        answer = json.loads(done.stdout.decode("utf-8-sig"))
+        answer = json.loads(out.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError):
         answer = None
     if not isinstance(answer, dict):
@@ -345,11 +543,20 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     profile = ctx.profile
     folder = config_dir()
     state: CliState = yield Call(lambda: read_state(folder))
-    choice = _choose(profile, state) if state.cache is not None else None
-    if choice is None:
-        why = (f"{state.cache_path} {state.cache_problem}" if state.cache is None
+    choice: Optional[_Choice] = None
+    cache_error: Optional[_NotSignedIn] = None
+    if state.cache is None:
+        why = f"{state.cache_path} {state.cache_problem}"
+    else:
+        try:
+            choice = _choose(profile, state)
+        except _NotSignedIn as exc:
+            # Maybe az knows better (a sign-in the cache does not show): ask it if it is there.
+            cache_error = exc
+        why = (cache_error.reason if cache_error is not None
                else "it is signed in as a service principal or managed identity")
-        answer = yield Call(lambda: run_az(profile, why))
+    if choice is None:
+        answer = yield Call(lambda: run_az(profile, why, cache_error))
         return _from_az(profile, answer, ctx.clock())
     form = {
         "grant_type": "refresh_token",

@@ -3,10 +3,11 @@
 
 The profile is complete when it reaches this module: :mod:`authlayer.config` fills ``tenant``,
 ``client_id``, ``authority`` and the token file from ``AZURE_TENANT_ID``, ``AZURE_CLIENT_ID``,
-``AZURE_AUTHORITY_HOST`` and ``AZURE_FEDERATED_TOKEN_FILE`` when the profile leaves them out, so
-that cache keys tell two apps apart. This module checks that nothing is missing, reads the token
-file again for every token request (the platform rotates it) and sends the grant; the HTTP is
-:mod:`authlayer._http`'s.
+``AZURE_AUTHORITY_HOST`` and ``AZURE_FEDERATED_TOKEN_FILE`` when the profile (and what it
+extends) leaves them out — over ``[defaults]`` — so that cache keys tell two apps apart. This
+module checks that nothing is missing, reads the token file again for every token request (the
+platform rotates it) and sends the grant; the HTTP is :mod:`authlayer._http`'s. Flow
+``managed_identity`` comes here too on a host with workload identity, as azure-identity does.
 """
 
 from __future__ import annotations

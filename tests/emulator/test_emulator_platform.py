@@ -15,6 +15,7 @@ from authlayer import jwt
 from authlayer.emulator import Emulator
 from authlayer.emulator.federated import Issuer, federated_issuers
 from authlayer.emulator.managed_identity import ManagedIdentities, managed_identities
+from authlayer.emulator.users import mint_refresh_token
 
 from .emulator_helpers import ASSERTION_TYPE, assert_entra_error, cc_form
 
@@ -280,3 +281,31 @@ def test_app_without_federated_credentials_still_refuses_plain_jwts(
     app = em.register_app()
     r = _exchange(http, em, app.client_id, issuer.mint(SUBJECT))
     assert_entra_error(r, 400, "unauthorized_client", 70021)
+
+
+# ------------------------------------------------------------------ refresh tokens across tenants
+
+
+def test_plain_refresh_token_works_in_every_tenant_of_the_person(em: Emulator,
+                                                                 http: httpx.Client) -> None:
+    """Entra binds a refresh token to the person and the client, not to a tenant: a guest's
+    app can redeem it in another tenant the person belongs to (MSAL does, across tenants)."""
+    person = "alice@contoso.onmicrosoft.com"
+    app = em.register_app(public=True)
+    other_app = em.register_app(public=True)
+    other = em.add_tenant()
+    rt = mint_refresh_token(em, client_id=app.client_id, username=person)
+
+    def redeem(tenant: str, client_id: str) -> httpx.Response:
+        return http.post(em.token_url(tenant), data={
+            "grant_type": "refresh_token", "client_id": client_id, "refresh_token": rt,
+            "scope": "https://graph.microsoft.com/.default"})
+
+    assert_entra_error(redeem(other, app.client_id), 400, "invalid_grant", 50020)  # not there
+    em.add_user(person, tenant=other)
+    r = redeem(other, app.client_id)
+    assert r.status_code == 200, r.text
+    claims = em.verify_token(r.json()["access_token"])
+    assert (claims["tid"], claims["appid"]) == (other, app.client_id)
+    assert "foci" not in r.json()
+    assert_entra_error(redeem(other, other_app.client_id), 400, "invalid_grant", 70000)

@@ -31,7 +31,6 @@ from authlayer.emulator.clientauth import authenticate_client
 
 from .emulator_helpers import assert_entra_error, cc_form
 
-
 _OTHERS: set[threading.Thread] = set()
 
 
