@@ -647,3 +647,17 @@ def test_unsupported_sources_say_so(emu: Emulator, profiles: Profiles,
         get_token(_profile(emu, profiles))
     assert what in str(info.value)
     assert "not supported" in str(info.value)
+
+
+def test_azure_sdk_tenant_id_is_ignored_for_managed_identity(emu: Emulator, profiles: Profiles,
+                                                             imds: str) -> None:
+    """Key Vault's and Storage's challenge policies pass tenant_id; a managed identity has no
+    tenant to choose, so (as azure-identity does) it is ignored rather than refused."""
+    from authlayer import credential
+
+    name = _profile(emu, profiles)
+    cred = credential(name)
+    token = cred.get_token(emu.api_scope, tenant_id=emu.add_tenant())
+    assert _claims(token.token)["aud"] == emu.api_resource
+    info = cred.get_token_info(emu.api_scope, options={"tenant_id": "other.example"})
+    assert info.token == token.token
