@@ -210,6 +210,18 @@ def deny_read(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
     return lambda path: denied.add(os.path.abspath(path))
 
 
+class Clock:
+    """A clock the tests move by hand: ``monkeypatch.setattr(PROVIDER, "clock", clock)``."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def leaked(haystack: str, needles: list[Optional[str]]) -> list[str]:
     """The needles (secrets, tokens) found in a text, shortened for the failure message."""
     return [n[:6] + "…" for n in needles if n and n in haystack]

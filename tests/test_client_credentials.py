@@ -20,7 +20,7 @@ from authlayer import jwt as jwtlib
 from authlayer.emulator import Emulator
 from authlayer.provider import PROVIDER
 
-from .conftest import Client, Profiles
+from .conftest import Client, Clock, Profiles
 
 
 def test_client_secret_token_reaches_the_protected_api(emu: Emulator, cc_profile: str,
@@ -152,16 +152,6 @@ def test_construction_does_no_io(tmp_path: Path, emu: Emulator) -> None:
 
 
 # ------------------------------------------------------------------ refresh ahead of expiry
-
-
-class Clock:
-    def __init__(self) -> None:
-        import time
-
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_token_is_refreshed_ahead_of_expiry(emu: Emulator, cc_profile: str,

@@ -24,8 +24,7 @@ from authlayer.emulator.managed_identity import ManagedIdentities, managed_ident
 from authlayer.flows import managed_identity as flow
 from authlayer.provider import PROVIDER, Binding
 
-from .conftest import Client, Profiles
-from .test_client_credentials import Clock
+from .conftest import Client, Clock, Profiles
 from .test_transport import _Proxy, _ProxyHandler
 
 

@@ -23,7 +23,7 @@ from authlayer.emulator.users import mint_refresh_token
 from authlayer.provider import PROVIDER, SWEEP_ABOVE, CachedToken
 from authlayer.token import AccessToken
 
-from .conftest import Profiles
+from .conftest import Clock, Profiles
 from .signin_helpers import Approver, new_person, write_profile
 
 
@@ -83,14 +83,6 @@ def test_sync_and_async_callers_share_one_request(emu: Emulator, cc_profile: str
     assert emu.count("token") == 1
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_refresh_ahead_makes_only_the_leader_wait(emu: Emulator, cc_profile: str,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
@@ -128,22 +120,19 @@ def test_concurrent_claims_challenges_make_one_token_request(emu: Emulator,
     assert len(with_claims) == 1
 
 
-def test_a_retried_request_gets_a_fresh_assertion(emu: Emulator, profiles: Profiles,
-                                                  tmp_path: Path) -> None:
-    from .test_client_credentials import _cert, _pem
+def _cert_profile(emu: Emulator, profiles: Profiles, tmp_path: Path, extra: str = "") -> None:
+    """Profile `cert`: client credentials with a certificate registered on a new app."""
+    from .test_client_credentials import _cert, _cert_profile, _pem
 
     cert = _cert()
     app = emu.register_app(certificate=cert)
     (tmp_path / "app.pem").write_bytes(_pem(cert))
-    profiles.write(f"""
-        [profiles.cert]
-        flow = "client_credentials"
-        authority = "{emu.url}"
-        tenant = "{emu.tenant_id}"
-        client_id = "{app.client_id}"
-        certificate = "app.pem"
-        scope = "{emu.api_scope}"
-    """)
+    _cert_profile(emu, profiles, app.client_id, '"app.pem"', extra)
+
+
+def test_a_retried_request_gets_a_fresh_assertion(emu: Emulator, profiles: Profiles,
+                                                  tmp_path: Path) -> None:
+    _cert_profile(emu, profiles, tmp_path)
     emu.inject("status", count=1, status=503, retry_after=0)
     assert get_token("cert").token
     jtis = [jwtlib.decode(r.form["client_assertion"])[1]["jti"] for r in emu.requests
@@ -156,21 +145,7 @@ def test_an_answer_lost_after_the_server_used_the_assertion_is_retried(
     emu: Emulator, profiles: Profiles, tmp_path: Path
 ) -> None:
     """The server saw (and spent) the jti, the answer timed out: the retry must not reuse it."""
-    from .test_client_credentials import _cert, _pem
-
-    cert = _cert()
-    app = emu.register_app(certificate=cert)
-    (tmp_path / "app.pem").write_bytes(_pem(cert))
-    profiles.write(f"""
-        [profiles.cert]
-        flow = "client_credentials"
-        authority = "{emu.url}"
-        tenant = "{emu.tenant_id}"
-        client_id = "{app.client_id}"
-        certificate = "app.pem"
-        scope = "{emu.api_scope}"
-        timeout = 0.5
-    """)
+    _cert_profile(emu, profiles, tmp_path, "timeout = 0.5")
     emu.inject("latency", count=1, seconds=0.8)  # answered (jti spent) after our timeout
     assert get_token("cert").token
 
