@@ -499,6 +499,9 @@ async def run_async(flow: Flow[T]) -> T:
     import httpx
 
     clients: dict[bool, httpx.AsyncClient] = {}
+    # A worker thread of our own: if every thread of the shared pool is busy (sync callers
+    # waiting for this very acquisition, say), the flow must still be able to go on.
+    own_thread = anyio.CapacityLimiter(1)
     try:
         action = next(flow)
         while True:
@@ -510,7 +513,7 @@ async def run_async(flow: Flow[T]) -> T:
                         # Loading the CA bundle and building a client take tens of ms the
                         # first time: not on the event loop.
                         client = clients[req.proxy] = await anyio.to_thread.run_sync(
-                            _new_client, httpx.AsyncClient, req.proxy)
+                            _new_client, httpx.AsyncClient, req.proxy, limiter=own_thread)
                     started = time.perf_counter()
                     try:
                         r = await client.send(_build(client, req))
@@ -521,7 +524,7 @@ async def run_async(flow: Flow[T]) -> T:
                     await anyio.sleep(action.seconds)
                     result = None
                 else:
-                    result = await anyio.to_thread.run_sync(action.fn)
+                    result = await anyio.to_thread.run_sync(action.fn, limiter=own_thread)
             except Exception as exc:
                 action = flow.throw(exc)
                 continue

@@ -184,7 +184,9 @@ class EntraAuth(httpx.Auth):
         response.read()
         entry = PROVIDER.after_rejection(binding, entry, claims=claims, prompt=self._prompt)
         request.headers["Authorization"] = entry.header
-        yield request
+        response = yield request
+        if claims and response.status_code == 401:  # the claims token was refused in turn
+            PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -212,7 +214,9 @@ class EntraAuth(httpx.Auth):
         entry = await PROVIDER.after_rejection_async(binding, entry, claims=claims,
                                                      prompt=self._prompt)
         request.headers["Authorization"] = entry.header
-        yield request
+        response = yield request
+        if claims and response.status_code == 401:  # the claims token was refused in turn
+            PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
 
     # ------------------------------------------------------------------ requests
 
@@ -281,6 +285,9 @@ class _RequestsRetry:
         again.prepare_cookies(jar)
         again.headers["Authorization"] = entry.header
         second = r.connection.send(again, **kwargs)  # type: ignore[attr-defined,unused-ignore]
+        if claims and second.status_code == 401:  # the claims token was refused in turn
+            binding = self.auth.binding
+            PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
         second.history.append(r)
         second.request = again
         return second  # type: ignore[no-any-return,unused-ignore]

@@ -43,34 +43,41 @@ class _Base:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._profile!r})"
 
-    def _bind(self, scopes: tuple[str, ...], tenant_id: Optional[str]) -> Binding:
+    def _bind(self, scopes: tuple[str, ...], tenant_id: Optional[str],
+              claims: Optional[str]) -> Binding:
         binding = PROVIDER.bind(self._profile, config=self._config, scope=scopes or None)
         if tenant_id and binding.profile.flow not in _TENANTLESS and (
             tenant_id.lower() != (binding.profile.tenant or "").lower()
         ):
             binding = PROVIDER.bind(self._profile, config=self._config, scope=scopes or None,
                                     tenant=tenant_id)
+        if claims:
+            # The SDK asks with claims after a claims challenge: the plain token was refused.
+            PROVIDER.drop_plain(binding)
         return binding
 
     @staticmethod
     def _options(options: Optional[dict[str, Any]]) -> tuple[Optional[str], Optional[str]]:
         options = options or {}
-        return options.get("claims"), options.get("tenant_id")
+        return options.get("claims") or None, options.get("tenant_id")
 
 
 class ProfileCredential(_Base):
     """A synchronous azure-core ``TokenCredential`` for one profile."""
 
+    def _get(self, scopes: tuple[str, ...], claims: Optional[str],
+             tenant_id: Optional[str]) -> CachedToken:
+        return PROVIDER.get(self._bind(scopes, tenant_id, claims), claims=claims)
+
     def get_token(self, *scopes: str, claims: Optional[str] = None,
                   tenant_id: Optional[str] = None, **kwargs: Any) -> AccessToken:
         """A token for ``scopes`` (the profile's scope when none is given)."""
-        return PROVIDER.get(self._bind(scopes, tenant_id), claims=claims or None).token
+        return self._get(scopes, claims or None, tenant_id).token
 
     def get_token_info(self, *scopes: str,
                        options: Optional[dict[str, Any]] = None) -> AccessTokenInfo:
         """The same, as azure-core's newer ``SupportsTokenInfo`` protocol wants it."""
-        claims, tenant_id = self._options(options)
-        return _info(PROVIDER.get(self._bind(scopes, tenant_id), claims=claims or None))
+        return _info(self._get(scopes, *self._options(options)))
 
     def close(self) -> None:
         """Nothing to release; present because azure-core clients call it."""
@@ -85,17 +92,23 @@ class ProfileCredential(_Base):
 class AsyncProfileCredential(_Base):
     """An async azure-core ``AsyncTokenCredential`` for one profile (asyncio or trio)."""
 
+    async def _get(self, scopes: tuple[str, ...], claims: Optional[str],
+                   tenant_id: Optional[str]) -> CachedToken:
+        import anyio.to_thread
+
+        # The first time, reading the profiles file happens off the event loop.
+        binding = await anyio.to_thread.run_sync(self._bind, scopes, tenant_id, claims)
+        return await PROVIDER.get_async(binding, claims=claims)
+
     async def get_token(self, *scopes: str, claims: Optional[str] = None,
                         tenant_id: Optional[str] = None, **kwargs: Any) -> AccessToken:
         """A token for ``scopes``, without blocking the event loop."""
-        entry = await PROVIDER.get_async(self._bind(scopes, tenant_id), claims=claims or None)
-        return entry.token
+        return (await self._get(scopes, claims or None, tenant_id)).token
 
     async def get_token_info(self, *scopes: str,
                              options: Optional[dict[str, Any]] = None) -> AccessTokenInfo:
-        claims, tenant_id = self._options(options)
-        return _info(await PROVIDER.get_async(self._bind(scopes, tenant_id),
-                                              claims=claims or None))
+        """The same, as azure-core's newer ``AsyncSupportsTokenInfo`` protocol wants it."""
+        return _info(await self._get(scopes, *self._options(options)))
 
     async def close(self) -> None:
         """Nothing to release; present because azure-core clients call it."""

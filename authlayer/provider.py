@@ -20,6 +20,7 @@ path, which runs only on a miss, a refresh, or after a 401:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import os
@@ -75,6 +76,11 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+def _escape(part: str) -> str:
+    """A key part that cannot contain the separator: profile ``me|x`` is not ``me`` + ``x``."""
+    return part.replace("%", "%25").replace("|", "%7C")
+
+
 @dataclass(frozen=True)
 class Binding:
     """A profile with its call's overrides, ready to use: its cache keys and host policy.
@@ -112,19 +118,27 @@ class Binding:
         identity = getattr(load_flow(profile.flow), "cache_identity", None)
         if identity is not None:
             who.append(str(identity(profile)))  # e.g. the Azure CLI's signed-in account
-        account = "|".join([
+        account = "|".join(_escape(part) for part in [
             profile.flow, profile.authority, profile.tenant or "", profile.client_id or "",
             profile.credential_identity, *who,
         ])
-        scopes = " ".join(sorted(profile.scopes))
+        scopes = _escape(" ".join(sorted(profile.scopes)))
         return cls(profile, f"{account}|{scopes}", account, user_assertion)
 
 
 class _Flight:
     """One acquisition under way. Threads wait on ``done``; async tasks register a callback
-    that wakes them on their own event loop."""
+    that wakes them on their own event loop.
 
-    def __init__(self) -> None:
+    ``kind`` is what the leader was asked for — ``"plain"`` (a valid token), ``"forced"`` (a new
+    one from the identity service) or ``"login"`` (a new sign-in) — so that a follower that
+    needs more does not take less. ``thread`` is the leader's thread (an async leader's event
+    loop thread): a synchronous caller on that thread must never wait for it.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.thread = threading.get_ident()
         self.done = threading.Event()
         self.result: Optional[CachedToken] = None
         self.error: Optional[BaseException] = None
@@ -149,13 +163,22 @@ class _Flight:
             self._waiters.append(wake)
             return True
 
+    def satisfies(self, need: str) -> bool:
+        return need == "plain" or self.kind == "login" or self.kind == need
+
     def outcome(self) -> Optional[CachedToken]:
-        """The leader's token, or its error raised here; ``None`` if the leader was
-        interrupted (cancelled, Ctrl-C), so that the caller should try again itself."""
-        if self.error is not None:
-            if isinstance(self.error, Exception):
-                raise self.error
-            return None
+        """The leader's token, or its error raised here (a copy for each follower, caused by the
+        leader's); ``None`` if the leader was interrupted (cancelled, Ctrl-C), so that the
+        caller should try again itself."""
+        error = self.error
+        if error is not None:
+            if not isinstance(error, Exception):
+                return None
+            try:
+                mine = copy.copy(error)
+            except Exception:
+                raise error from None
+            raise mine from error
         return self.result
 
     async def wait(self) -> None:
@@ -197,6 +220,7 @@ class Provider:
 
     def __init__(self) -> None:
         self.entries: dict[str, CachedToken] = {}
+        self._rejected: dict[str, str] = {}  # key -> the token that last got a 401 there
         self._flights: dict[str, _Flight] = {}
         self._guard = threading.Lock()
         self._bindings: dict[tuple[Any, ...], Binding] = {}
@@ -299,11 +323,14 @@ class Provider:
         except AuthLayerError as exc:  # an unusable token cache must not stop the work
             log.warning("profile %r: the token cache could not be read (%s); going on without "
                         "it", profile.name, exc)
+        if record is not None and record.get("access_token") == self._rejected.get(binding.key):
+            record = {k: v for k, v in record.items() if k != "access_token"}
         if record is not None and not (force or claims or fresh_sign_in):
             entry = _entry_from_record(record, now)
             if entry is not None:  # another process (or an earlier run) has a fresh one
                 self._keep(key, entry)
                 return entry
+        from_memory = seen is not None
         if seen is None and record is not None and not (claims or rejected):
             seen = _entry_from_record(record, now, due=True)
         still_valid = seen is not None and now < seen.token.expires_on - MIN_VALIDITY
@@ -322,21 +349,17 @@ class Provider:
         try:
             result = yield from load_flow(profile.flow).acquire(ctx)
         except AuthLayerError as exc:
+            fallback = None
             if seen is not None and still_valid and not (force or claims or fresh_sign_in):
-                log.warning(
-                    "profile %r: refreshing the token failed (%s); the current token stays in "
-                    "use until it expires", profile.name, type(exc).__name__,
-                )
-                postponed = seen._replace(
-                    refresh_on=int(min(now + RETRY_REFRESH_AFTER, seen.token.expires_on))
-                )
-                self._keep(key, postponed)
-                return postponed
-            raise
+                fallback = self._fallback(key, seen, from_memory)
+            if fallback is None:
+                raise
+            log.warning(
+                "profile %r: refreshing the token failed (%s); the current token stays in use "
+                "until it expires", profile.name, type(exc).__name__,
+            )
+            return fallback
         entry = CachedToken.from_result(result)
-        if claims:
-            self._keep(key, entry)  # under the claims key: never served for the plain one
-            return entry
         saved = _record(result)
         if result.refresh_token or result.account:
             saved["refresh_token"] = result.refresh_token
@@ -344,7 +367,8 @@ class Provider:
         if fresh_sign_in:  # a new sign-in, perhaps another person: drop the old one's tokens
             self._drop_account(binding)
         try:
-            yield Call(lambda: _replace_or_save(store, binding, saved, fresh_sign_in))
+            # A claims token is kept under its claims key: never served for the plain one.
+            yield Call(lambda: _replace_or_save(store, binding, key, saved, fresh_sign_in))
         except AuthLayerError as exc:
             log.warning("profile %r: the token cache could not be written (%s); the token is "
                         "kept in memory only", profile.name, exc)
@@ -352,13 +376,33 @@ class Provider:
         log.debug("profile %r: new token, expires at %d", profile.name, result.expires_on)
         return entry
 
+    def _fallback(self, key: str, seen: CachedToken, from_memory: bool,
+                  ) -> Optional[CachedToken]:
+        """After a failed refresh: the token to keep serving, if any. Never one that has
+        expired meanwhile (the failure may have taken minutes), got a 401, or was replaced."""
+        now = self.clock()
+        current = self.entries.get(key)
+        if from_memory and current is not seen:  # dropped after a 401, or replaced
+            return current if current is not None and now < current.refresh_on else None
+        if now >= seen.token.expires_on - MIN_VALIDITY or (
+            seen.token.token == self._rejected.get(key)
+        ):
+            return None
+        postponed = seen._replace(refresh_on=int(min(
+            now + RETRY_REFRESH_AFTER, seen.token.expires_on - MIN_VALIDITY)))
+        self._keep(key, postponed)
+        return postponed
+
     def _keep(self, key: str, entry: CachedToken) -> None:
         self.entries[key] = entry
+        if self._rejected.get(key) not in (None, entry.token.token):
+            self._rejected.pop(key, None)
         if len(self.entries) > SWEEP_ABOVE:
             now = self.clock()
             for stale in [k for k, e in list(self.entries.items())
                           if e.token.expires_on <= now]:
                 self.entries.pop(stale, None)
+                self._rejected.pop(stale, None)
 
     def _drop_account(self, binding: Binding) -> None:
         prefix = binding.account_key + "|"
@@ -367,13 +411,14 @@ class Provider:
 
     # ------------------------------------------------------------------ single flight
 
-    def _join(self, key: str) -> tuple[_Flight, bool]:
-        """The flight under way for ``key``, or a new one; True if the caller leads it."""
+    def _join(self, key: str, kind: str) -> tuple[_Flight, bool]:
+        """The flight under way for ``key``, or a new one of ``kind``; True if the caller
+        leads it."""
         with self._guard:
             flight = self._flights.get(key)
             if flight is not None:
                 return flight, False
-            flight = self._flights[key] = _Flight()
+            flight = self._flights[key] = _Flight(kind)
             return flight, True
 
     def _land(self, key: str, flight: _Flight, result: Optional[CachedToken],
@@ -396,12 +441,25 @@ class Provider:
         entry = self.entries.get(key)
         return entry if entry is not None and self.clock() < entry.refresh_on else None
 
+    @staticmethod
+    def _accept(flight: _Flight, need: str, exclude: Optional[CachedToken]
+                ) -> Optional[CachedToken]:
+        """The leader's outcome if it is what this follower needs (raises the leader's error);
+        ``None``: try again."""
+        shared = flight.outcome()
+        if shared is None or not flight.satisfies(need):
+            return None
+        if exclude is not None and shared.token.token == exclude.token.token:
+            return None
+        return shared
+
     def _run(self, key: str, make: Callable[[], Generator[Action, Any, CachedToken]],
-             *, wait: bool = True, exclude: Optional[CachedToken] = None) -> CachedToken:
+             *, need: str = "plain", wait: bool = True,
+             exclude: Optional[CachedToken] = None) -> CachedToken:
         """Run ``make()``'s flow as the leader of ``key``, or share the leader's outcome.
         ``wait`` false: a follower with a still-valid entry uses it instead of waiting."""
         while True:
-            flight, leader = self._join(key)
+            flight, leader = self._join(key, need)
             if leader:
                 try:
                     result = run_sync(make())
@@ -414,17 +472,21 @@ class Provider:
                 current = self._usable(key, exclude)
                 if current is not None:
                     return current
+            if flight.thread == threading.get_ident():
+                # The leader runs on this very thread (an async task of this thread's event
+                # loop, or a prompt callback asking again): waiting would never end.
+                return run_sync(make())
             flight.done.wait()
-            shared = flight.outcome()
+            shared = self._accept(flight, need, exclude)
             if shared is not None:
                 return shared
 
     async def _run_async(self, key: str, make: Callable[[], Generator[Action, Any, CachedToken]],
-                         *, wait: bool = True,
+                         *, need: str = "plain", wait: bool = True,
                          exclude: Optional[CachedToken] = None) -> CachedToken:
         """:meth:`_run` for async code."""
         while True:
-            flight, leader = self._join(key)
+            flight, leader = self._join(key, need)
             if leader:
                 try:
                     result = await run_async(make())
@@ -438,7 +500,7 @@ class Provider:
                 if current is not None:
                     return current
             await flight.wait()
-            shared = flight.outcome()
+            shared = self._accept(flight, need, exclude)
             if shared is not None:
                 return shared
 
@@ -448,7 +510,7 @@ class Provider:
               interactive: bool, rejected: bool = False,
               ) -> tuple[str, Callable[[], Generator[Action, Any, CachedToken]]]:
         if claims:
-            key = f"{binding.key}|claims:{_digest(claims)}"
+            key = self.claims_key(binding, claims)
             return key, lambda: self._obtain(binding, key=key, claims=claims, prompt=prompt,
                                              interactive=interactive, rejected=rejected)
         return binding.key, lambda: self._obtain(binding, key=binding.key, force=force,
@@ -465,7 +527,8 @@ class Provider:
             entry = self._fresh(key)
             if entry is not None:
                 return entry
-        return self._run(key, lambda: self._recheck(key, force, make), wait=force)
+        return self._run(key, lambda: self._recheck(key, force, make), wait=force,
+                         need="forced" if force else "plain")
 
     async def get_async(self, binding: Binding, *, force: bool = False,
                         claims: Optional[str] = None, prompt: Prompt = None,
@@ -476,7 +539,8 @@ class Provider:
             entry = self._fresh(key)
             if entry is not None:
                 return entry
-        return await self._run_async(key, lambda: self._recheck(key, force, make), wait=force)
+        return await self._run_async(key, lambda: self._recheck(key, force, make), wait=force,
+                                     need="forced" if force else "plain")
 
     def _recheck(self, key: str, force: bool,
                  make: Callable[[], Generator[Action, Any, CachedToken]],
@@ -499,7 +563,7 @@ class Provider:
         if replaced is not None:
             return replaced
         return self._run(binding.key, lambda: self._after_drop(binding, rejected, prompt),
-                         wait=True)
+                         exclude=rejected)
 
     async def after_rejection_async(self, binding: Binding, rejected: CachedToken, *,
                                     claims: Optional[str] = None,
@@ -512,7 +576,7 @@ class Provider:
         if replaced is not None:
             return replaced
         return await self._run_async(
-            binding.key, lambda: self._after_drop(binding, rejected, prompt), wait=True)
+            binding.key, lambda: self._after_drop(binding, rejected, prompt), exclude=rejected)
 
     def _after_drop(self, binding: Binding, rejected: CachedToken,
                     prompt: Prompt) -> Generator[Action, Any, CachedToken]:
@@ -527,16 +591,37 @@ class Provider:
         replaced = self._usable(binding.key, exclude=rejected)
         if replaced is not None:
             return replaced
+        self._rejected[binding.key] = rejected.token.token  # not to be reloaded from the store
         current = self.entries.get(binding.key)
         if current is not None and current.token.token == rejected.token.token:
             self.entries.pop(binding.key, None)
         return None
 
+    def claims_key(self, binding: Binding, claims: str) -> str:
+        """Where a token for this claims request is kept: never the plain key."""
+        return f"{binding.key}|claims:{_digest(claims)}"
+
+    def discard(self, key: str, entry: CachedToken) -> None:
+        """Forget ``entry`` under ``key`` if it is still there (a claims token that was
+        refused in turn)."""
+        current = self.entries.get(key)
+        if current is not None and current.token.token == entry.token.token:
+            self.entries.pop(key, None)
+            self._rejected[key] = entry.token.token
+
+    def drop_plain(self, binding: Binding) -> None:
+        """Forget the binding's plain token (an Azure SDK answered a claims challenge, which
+        means the plain token was refused)."""
+        current = self.entries.pop(binding.key, None)
+        if current is not None:
+            self._rejected[binding.key] = current.token.token
+
     def login(self, binding: Binding, *, prompt: Prompt = None) -> CachedToken:
         """Sign in anew (``authlayer login``): the kept sign-in is replaced only when the new
         one succeeds."""
         return self._run(binding.key, lambda: self._obtain(
-            binding, key=binding.key, force=True, fresh_sign_in=True, prompt=prompt))
+            binding, key=binding.key, force=True, fresh_sign_in=True, prompt=prompt),
+            need="login")
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -549,15 +634,16 @@ class Provider:
     def reset(self) -> None:
         """Forget every token, binding and in-memory record (for tests)."""
         self.entries.clear()
+        self._rejected.clear()
         self._bindings.clear()
         self._memory_store = MemoryStore()
 
 
-def _replace_or_save(store: TokenStore, binding: Binding, record: dict[str, Any],
+def _replace_or_save(store: TokenStore, binding: Binding, key: str, record: dict[str, Any],
                      replace: bool) -> None:
     if replace:
         store.forget_account_tokens(binding.account_key)
-    store.save(binding.key, binding.account_key, record)
+    store.save(key, binding.account_key, record)
 
 
 def _entry_from_record(

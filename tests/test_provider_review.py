@@ -288,3 +288,152 @@ def test_expired_entries_are_swept_when_the_cache_grows(emu: Emulator, cc_profil
         PROVIDER.entries[f"stale-{i}"] = old
     get_token(cc_profile)
     assert not any(k.startswith("stale-") for k in PROVIDER.entries)
+
+
+# ------------------------------------------------------------------ second review
+
+
+def test_a_sync_call_on_the_loop_thread_does_not_wait_for_an_async_leader(
+    emu: Emulator, cc_profile: str
+) -> None:
+    emu.latency = 0.3
+
+    async def main() -> tuple[str, str]:
+        leader = asyncio.create_task(get_token_async(cc_profile))
+        while not PROVIDER._flights:
+            await asyncio.sleep(0.005)
+        mixed = get_token(cc_profile)  # sync code on the loop's own thread: must not hang
+        return mixed.token, (await leader).token
+
+    sync_token, async_token = asyncio.run(main())
+    assert sync_token
+    assert async_token
+
+
+def test_sync_callers_filling_the_thread_pool_do_not_starve_an_async_leader(
+    emu: Emulator, profiles: Profiles, app: Any, secret: str, tmp_path: Path
+) -> None:
+    """A web app's sync endpoints run in anyio's worker threads (40 by default); if they all
+    wait for an async leader, the leader's own blocking steps still get a thread."""
+    import anyio
+    import anyio.to_thread
+
+    (tmp_path / "secret.txt").write_text(secret)  # a file source: read in a worker thread
+    profiles.write(f"""
+        [profiles.filesecret]
+        flow = "client_credentials"
+        authority = "{emu.url}"
+        tenant = "{emu.tenant_id}"
+        client_id = "{app.client_id}"
+        client_secret = {{ file = "secret.txt" }}
+        scope = "{emu.api_scope}"
+    """)
+    emu.latency = 0.2
+
+    async def main() -> list[str]:
+        tokens: list[str] = []
+
+        async def sync_endpoint() -> None:
+            tokens.append(await anyio.to_thread.run_sync(lambda: get_token("filesecret").token))
+
+        async def async_endpoint() -> None:
+            tokens.append((await get_token_async("filesecret")).token)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(async_endpoint)
+            await anyio.sleep(0.01)
+            for _ in range(45):
+                tg.start_soon(sync_endpoint)
+        return tokens
+
+    tokens = anyio.run(main)
+    assert len(tokens) == 46
+    assert len(set(tokens)) == 1
+
+
+def test_a_refresh_that_fails_after_the_token_expired_does_not_serve_it(
+    emu: Emulator, cc_profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Racing(Clock):
+        """Every look at the clock is 100 s later: the failing refresh outlives the token."""
+
+        step = 0.0
+
+        def __call__(self) -> float:
+            self.now += self.step
+            return self.now
+
+    clock = Racing()
+    monkeypatch.setattr(PROVIDER, "clock", clock)
+    first = get_token(cc_profile)
+    clock.now = first.expires_on - 250  # due for refresh, valid for 250 s
+    clock.step = 100
+    emu.inject("status", count=10, status=503, retry_after=0)
+    with pytest.raises(TokenError):
+        get_token(cc_profile)
+
+
+def test_a_failed_refresh_close_to_expiry_stops_serving_before_expiry(
+    emu: Emulator, cc_profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from authlayer.provider import MIN_VALIDITY
+
+    clock = Clock()
+    monkeypatch.setattr(PROVIDER, "clock", clock)
+    first = get_token(cc_profile)
+    clock.now = first.expires_on - 20
+    emu.inject("status", count=10, status=503, retry_after=0)
+    assert get_token(cc_profile) == first
+    entry = PROVIDER.entries[PROVIDER.bind(cc_profile).key]
+    assert entry.refresh_on == first.expires_on - MIN_VALIDITY
+
+
+def test_force_refresh_never_takes_a_plain_flights_token(emu: Emulator,
+                                                         cc_profile: str) -> None:
+    emu.latency = 0.3
+    plain: list[str] = []
+    leader = threading.Thread(target=lambda: plain.append(get_token(cc_profile).token))
+    leader.start()
+    while not PROVIDER._flights:
+        time.sleep(0.005)
+    forced = get_token(cc_profile, force_refresh=True)
+    leader.join()
+    assert forced.token != plain[0]
+    assert emu.count("token") == 2
+
+
+def test_a_claims_token_refused_in_turn_is_not_reused(emu: Emulator, cc_profile: str) -> None:
+    auth = EntraAuth(cc_profile)
+    with httpx.Client(auth=auth) as c:
+        emu.claims_challenge(1)
+        assert c.get(f"{emu.api_url}/a").status_code == 200  # a claims token, cached
+        emu.revoke_all()  # ... and now revoked, like the plain one
+        emu.claims_challenge(1)
+        assert c.get(f"{emu.api_url}/a").status_code == 401  # the cached claims token failed
+        emu.claims_challenge(1)
+        assert c.get(f"{emu.api_url}/a").status_code == 200  # so it was not used again
+
+
+def test_every_waiter_gets_its_own_copy_of_the_error(emu: Emulator, cc_profile: str) -> None:
+    emu.inject("status", count=100, status=400)
+    emu.latency = 0.1
+    errors = _threads(8, lambda: get_token(cc_profile))
+    assert all(isinstance(e, TokenError) for e in errors)
+    assert len({id(e) for e in errors}) == 8
+    assert {e.status for e in errors} == {400}
+    assert emu.count("token") == 1
+
+
+def test_a_profile_name_with_the_separator_does_not_share_keys(profiles: Profiles,
+                                                               emu: Emulator) -> None:
+    from authlayer.provider import Binding
+
+    public = emu.register_app(public=True)
+    body = (f'flow = "device_code"\nauthority = "{emu.url}"\ntenant = "{emu.tenant_id}"\n'
+            f'client_id = "{public.client_id}"\nscope = "{emu.api_scope}"\n')
+    profiles.write(f'[profiles.me]\n{body}[profiles."me|x"]\n{body}')
+    from authlayer.config import load_profile
+
+    me = Binding.make(load_profile("me"))
+    other = Binding.make(load_profile("me|x"))
+    assert not other.key.startswith(me.account_key + "|")
