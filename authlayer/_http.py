@@ -60,6 +60,7 @@ MAX_ATTEMPTS = 4
 BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with jitter
 MAX_RETRY_AFTER = 60.0  # a longer Retry-After is not waited for: the answer goes to the caller
 REFRESH_MARGIN = 300  # refresh five minutes before expiry
+MAX_NUMBER = 10**11  # larger expiries or codes are not real (the year 5138): malformed
 USER_AGENT = f"authlayer/{__version__}"
 
 
@@ -244,10 +245,12 @@ def _number(value: Any) -> Optional[int]:
             value = float(value.strip())
         except ValueError:
             return None
-    if isinstance(value, int):
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        value = int(value)
+    if isinstance(value, int) and abs(value) <= MAX_NUMBER:
         return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
     return None
 
 

@@ -101,6 +101,13 @@ def test_token_response_reads_numbers_as_strings() -> None:
     assert r.refresh_on == 2800
 
 
+def test_absurd_numbers_are_malformed_not_overflows() -> None:
+    for value in (10**400, "1e400", 10**300, float("inf"), "NaN"):
+        body = {"access_token": "x", "expires_in": value}
+        with pytest.raises(TokenError):
+            token_response(resp(200, body), profile="p", now=1000.5)
+
+
 def test_token_response_accepts_expires_on_only() -> None:
     r = token_response(resp(200, {"access_token": "x", "expires_on": "5000"}), profile="p",
                        now=1000)
@@ -184,12 +191,17 @@ def test_error_description_tokens_are_redacted() -> None:
                                                        "error", "error_codes", "refresh_in",
                                                        "error_description", "token_type"]),
                                       st.one_of(st.none(), st.integers(), st.text(max_size=20),
-                                                st.lists(st.integers(), max_size=3),
-                                                st.booleans(), st.floats(allow_nan=False)))
+                                                st.sampled_from(["inf", "-inf", "NaN", "1e999",
+                                                                 "3599", " 60 ", "0", "-5"]),
+                                                st.lists(st.one_of(st.integers(), st.floats()),
+                                                         max_size=3),
+                                                st.booleans(), st.floats(),
+                                                st.integers(min_value=10**300,
+                                                            max_value=10**400)))
                       .map(lambda d: json.dumps(d).encode())))
 def test_any_answer_is_a_result_or_a_token_error(status: int, body: bytes) -> None:
     try:
-        result = token_response(HttpResponse(status, {}, body), profile="p", now=0)
+        result = token_response(HttpResponse(status, {}, body), profile="p", now=1000.5)
     except TokenError:
         return
     assert status == 200
