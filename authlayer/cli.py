@@ -31,19 +31,28 @@ def _when(timestamp: Any) -> str:
 
 
 def _cmd_profiles(args: argparse.Namespace) -> int:
-    from .config import config_path, load_profiles
+    from .config import config_path, load_profile, profile_names
 
-    profiles = load_profiles(args.config)
-    if not profiles:
+    names = profile_names(args.config)
+    if not names:
         print(f"no profiles in {config_path(args.config)}", file=sys.stderr)
         return EXIT_OK
     rows = [("PROFILE", "FLOW", "TENANT", "CLIENT ID", "SCOPE")]
-    for name, p in sorted(profiles.items()):
+    broken: list[ConfigError] = []
+    for name in names:
+        try:
+            p = load_profile(name, config=args.config)
+        except ConfigError as exc:
+            broken.append(exc)
+            rows.append((name, "(invalid: see below)", "-", "-", "-"))
+            continue
         rows.append((name, p.flow, p.tenant or "-", p.client_id or "-", p.scope))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
-    return EXIT_OK
+    for error in broken:
+        print(f"authlayer: {error}", file=sys.stderr)
+    return EXIT_USAGE if broken else EXIT_OK
 
 
 def _cmd_token(args: argparse.Namespace) -> int:

@@ -197,3 +197,21 @@ def test_no_prompt_fails_instead_of_asking_a_person(emu: Emulator, profiles: Pro
     assert out == ""
     assert "authlayer login me" in err
     assert emu.count("devicecode") == 0
+
+
+def test_profiles_lists_every_profile_even_when_one_is_broken(
+    cc_profile: str, profiles: Profiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = profiles.path.read_text() + (
+        '\n[profiles.broken]\nflow = "client_credentials"\nclient_id = "x"\n'
+        'tenant = "contoso.onmicrosoft.com"\ncertificate = "missing.pem"\n'
+        'scope = "https://graph.microsoft.com/.default"\n')
+    profiles.write(text)
+    code, out, err = run(capsys, "profiles")
+    assert code == 2
+    assert "app" in out
+    assert "client_credentials" in out
+    assert "broken" in out
+    assert "invalid" in out
+    assert "missing.pem" in err
+    assert err.count("\n") == 1
