@@ -321,8 +321,10 @@ class Provider:
             found = yield Call(lambda: store.load(binding.key, binding.account_key))
             record = found if isinstance(found, dict) else None
         except AuthLayerError as exc:  # an unusable token cache must not stop the work
-            log.warning("profile %r: the token cache could not be read (%s); going on without "
-                        "it", profile.name, exc)
+            log.warning("profile %r: the token cache could not be read (%s); tokens are kept "
+                        "in memory only", profile.name, exc)
+            store = self._memory_store
+            record = store.load(binding.key, binding.account_key)
         if record is not None and record.get("access_token") == self._rejected.get(binding.key):
             record = {k: v for k, v in record.items() if k != "access_token"}
         if record is not None and not (force or claims or fresh_sign_in):
@@ -370,8 +372,9 @@ class Provider:
             # A claims token is kept under its claims key: never served for the plain one.
             yield Call(lambda: _replace_or_save(store, binding, key, saved, fresh_sign_in))
         except AuthLayerError as exc:
-            log.warning("profile %r: the token cache could not be written (%s); the token is "
+            log.warning("profile %r: the token cache could not be written (%s); tokens are "
                         "kept in memory only", profile.name, exc)
+            _replace_or_save(self._memory_store, binding, key, saved, fresh_sign_in)
         self._keep(key, entry)
         log.debug("profile %r: new token, expires at %d", profile.name, result.expires_on)
         return entry

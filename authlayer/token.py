@@ -15,8 +15,9 @@ class AccessToken(NamedTuple):
     """An access token and when it expires.
 
     ``token`` is the bearer token, ``expires_on`` its expiry in Unix seconds, ``token_type``
-    almost always ``"Bearer"``. A named tuple, so it also unpacks as ``token, expires_on`` like
-    azure-core's ``AccessToken``. Its ``repr`` never shows the token.
+    almost always ``"Bearer"``. A named tuple ``(token, expires_on, token_type)``: ``.token``,
+    ``.expires_on``, ``[0]`` and ``[1]`` match azure-core's ``AccessToken`` (it unpacks into
+    three names, not two). Its ``repr`` never shows the token.
     """
 
     token: str

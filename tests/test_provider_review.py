@@ -437,3 +437,23 @@ def test_a_profile_name_with_the_separator_does_not_share_keys(profiles: Profile
     me = Binding.make(load_profile("me"))
     other = Binding.make(load_profile("me|x"))
     assert not other.key.startswith(me.account_key + "|")
+
+
+def test_an_unusable_cache_still_keeps_the_sign_in_in_memory(
+    emu: Emulator, profiles: Profiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("AUTHLAYER_CACHE_DIR", str(blocker / "cache"))
+    person = new_person(emu)
+    public = emu.register_app(public=True)
+    write_profile(profiles, emu, "me", "device_code", client_id=public.client_id, cache="file")
+    device_codes(emu).interval = 0
+    clock = Clock()
+    monkeypatch.setattr(PROVIDER, "clock", clock)
+    first = get_token("me", prompt=Approver(emu, person))
+    clock.now = first.expires_on + 1  # expired: a new token is needed
+    asked = Approver(emu, person, action="nothing")
+    again = get_token("me", prompt=asked)
+    assert again != first
+    assert asked.messages == []  # the refresh token kept in memory was used, nobody asked
