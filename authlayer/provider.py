@@ -51,6 +51,9 @@ SWEEP_ABOVE = 1000
 
 # Flows whose tokens belong to whoever signs in with the profile: their keys name the profile.
 PERSON_FLOWS = frozenset({"device_code", "authorization_code", "refresh_token"})
+# Flows that may ask a person: one acquisition at a time per sign-in, whatever the scopes, so
+# that two scopes needed at once make one prompt (the second then uses the refresh token).
+PROMPTING_FLOWS = frozenset({"device_code", "authorization_code"})
 
 PathArg = Union[str, "os.PathLike[str]", None]
 ScopeArg = Union[str, Sequence[str], None]
@@ -136,8 +139,9 @@ class _Flight:
     loop thread): a synchronous caller on that thread must never wait for it.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, key: str) -> None:
         self.kind = kind
+        self.key = key  # the token key the leader is fetching
         self.thread = threading.get_ident()
         self.done = threading.Event()
         self.result: Optional[CachedToken] = None
@@ -415,20 +419,22 @@ class Provider:
     # ------------------------------------------------------------------ single flight
 
     def _join(self, key: str, kind: str) -> tuple[_Flight, bool]:
-        """The flight under way for ``key``, or a new one of ``kind``; True if the caller
-        leads it."""
+        """The flight under way for ``key``'s sign-in (see :func:`_flight_key`), or a new one of
+        ``kind`` for ``key``; True if the caller leads it."""
+        fkey = _flight_key(key)
         with self._guard:
-            flight = self._flights.get(key)
+            flight = self._flights.get(fkey)
             if flight is not None:
                 return flight, False
-            flight = self._flights[key] = _Flight(kind)
+            flight = self._flights[fkey] = _Flight(kind, key)
             return flight, True
 
     def _land(self, key: str, flight: _Flight, result: Optional[CachedToken],
               error: Optional[BaseException]) -> None:
+        fkey = _flight_key(key)
         with self._guard:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
+            if self._flights.get(fkey) is flight:
+                del self._flights[fkey]
         flight.finish(result, error)
 
     def _usable(self, key: str, exclude: Optional[CachedToken] = None) -> Optional[CachedToken]:
@@ -445,10 +451,13 @@ class Provider:
         return entry if entry is not None and self.clock() < entry.refresh_on else None
 
     @staticmethod
-    def _accept(flight: _Flight, need: str, exclude: Optional[CachedToken]
+    def _accept(flight: _Flight, key: str, need: str, exclude: Optional[CachedToken]
                 ) -> Optional[CachedToken]:
         """The leader's outcome if it is what this follower needs (raises the leader's error);
-        ``None``: try again."""
+        ``None``: try again — e.g. the leader signed the person in for other scopes, and this
+        follower now redeems the refresh token that sign-in left."""
+        if flight.key != key:  # (the flight has landed: only the sign-in mattered)
+            return None
         shared = flight.outcome()
         if shared is None or not flight.satisfies(need):
             return None
@@ -480,7 +489,7 @@ class Provider:
                 # loop, or a prompt callback asking again): waiting would never end.
                 return run_sync(make())
             flight.done.wait()
-            shared = self._accept(flight, need, exclude)
+            shared = self._accept(flight, key, need, exclude)
             if shared is not None:
                 return shared
 
@@ -503,7 +512,7 @@ class Provider:
                 if current is not None:
                     return current
             await flight.wait()
-            shared = self._accept(flight, need, exclude)
+            shared = self._accept(flight, key, need, exclude)
             if shared is not None:
                 return shared
 
@@ -640,6 +649,15 @@ class Provider:
         self._rejected.clear()
         self._bindings.clear()
         self._memory_store = MemoryStore()
+
+
+def _flight_key(key: str) -> str:
+    """The single-flight key of a token key: the token key itself, or, for flows that may ask
+    a person, the sign-in (the account key) — never a claims key's own."""
+    flow = key.split("|", 1)[0]
+    if flow in PROMPTING_FLOWS and "|claims:" not in key:
+        return "signin|" + key.rsplit("|", 1)[0]
+    return key
 
 
 def _replace_or_save(store: TokenStore, binding: Binding, key: str, record: dict[str, Any],

@@ -457,3 +457,41 @@ def test_an_unusable_cache_still_keeps_the_sign_in_in_memory(
     again = get_token("me", prompt=asked)
     assert again != first
     assert asked.messages == []  # the refresh token kept in memory was used, nobody asked
+
+
+@pytest.mark.parametrize("kind", ["threads", "tasks"])
+def test_two_scopes_needed_at_once_make_one_sign_in(emu: Emulator, profiles: Profiles,
+                                                    kind: str) -> None:
+    person = new_person(emu)
+    public = emu.register_app(public=True)
+    write_profile(profiles, emu, "me", "device_code", client_id=public.client_id)
+    device_codes(emu).interval = 0
+    emu.latency = 0.05
+    approver = Approver(emu, person)
+    scopes = [emu.api_scope, "https://graph.microsoft.com/.default",
+              "https://management.azure.com/.default"]
+    if kind == "threads":
+        results: list[Any] = []
+
+        def one(scope: str) -> None:
+            results.append(get_token("me", scope=scope, prompt=approver))
+
+        workers = [threading.Thread(target=one, args=(s,)) for s in scopes]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        tokens = results
+    else:
+        async def main() -> list[Any]:
+            return list(await asyncio.gather(
+                *(get_token_async("me", scope=s, prompt=approver) for s in scopes)))
+
+        tokens = asyncio.run(main())
+    assert len(tokens) == 3
+    assert all(isinstance(t, AccessToken) for t in tokens)
+    audiences = {jwtlib.decode(t.token)[1]["aud"] for t in tokens}
+    assert audiences == {emu.api_resource, "https://graph.microsoft.com",
+                         "https://management.azure.com"}
+    assert emu.count("devicecode") == 1  # one person, asked once
+    assert len(approver.messages) == 1
