@@ -83,5 +83,7 @@ def token_request(
             fields["claims"] = ctx.claims
         return HttpRequest("POST", url, form=fields, timeout=profile.timeout, what=what)
 
+    # Lifetimes count from when the request was sent: never past the token's real expiry.
+    sent = ctx.clock()
     response = yield from send(build, profile=profile.name)
-    return token_response(response, profile=profile.name, now=ctx.clock(), what=what)
+    return token_response(response, profile=profile.name, now=sent, what=what)
