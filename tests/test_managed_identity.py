@@ -139,7 +139,9 @@ def test_no_system_assigned_identity(emu: Emulator, mi: ManagedIdentities, imds:
 
 
 def test_imds_answers_410_while_the_vm_starts(emu: Emulator, mi: ManagedIdentities, imds: str,
-                                              profiles: Profiles) -> None:
+                                              profiles: Profiles,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flow, "MIN_STARTING_WAIT", 0.01)  # the emulator says Retry-After 0
     mi.starting(3)
     assert get_token(_profile(emu, profiles)).token
     assert emu.count("imds") == 4
@@ -349,7 +351,9 @@ def test_imds_answer_after_the_probe_is_not_probed_again(profiles: Profiles) -> 
 
 
 def test_probe_410_with_the_emulator(emu: Emulator, mi: ManagedIdentities, imds: str,
-                                     profiles: Profiles) -> None:
+                                     profiles: Profiles,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flow, "MIN_STARTING_WAIT", 0.01)
     mi.starting(1)  # the probe itself gets 410
     assert get_token(_profile(emu, profiles)).token
     assert emu.count("imds") == 2
@@ -660,3 +664,37 @@ def test_azure_sdk_tenant_id_is_ignored_for_managed_identity(emu: Emulator, prof
     assert _claims(token.token)["aud"] == emu.api_resource
     info = cred.get_token_info(emu.api_scope, options={"tenant_id": "other.example"})
     assert info.token == token.token
+
+
+@pytest.mark.parametrize("retry_after", ["0", "Wed, 21 Oct 2015 07:28:00 GMT", "0.001"])
+def test_imds_starting_window_always_ends(retry_after: str) -> None:
+    """IMDS answering 410 with a zero (or past) Retry-After must not make the wait spin: each
+    wait is at least MIN_STARTING_WAIT and the window ends after a bounded number of tries."""
+    import types
+
+    from authlayer._http import HttpRequest, HttpResponse, Send
+    from authlayer.flows import managed_identity as flow
+
+    request = HttpRequest("GET", flow.IMDS_HOST + flow.IMDS_PATH, timeout=5,
+                          retry_statuses=flow.IMDS_RETRY_STATUSES, max_attempts=5)
+    flow._answered.add(request.host)  # answered before: no probe
+    gen = flow._imds(types.SimpleNamespace(name="mi"), request)  # type: ignore[arg-type]
+    sends, sleeps = 0, []
+    answer = HttpResponse(410, {"retry-after": retry_after}, b'{"error":"starting"}')
+
+    def drive() -> None:
+        nonlocal sends
+        action = next(gen)
+        while sends < 1000:
+            if isinstance(action, Send):
+                sends += 1
+                action = gen.send(answer)
+            else:
+                sleeps.append(action.seconds)
+                action = gen.send(None)
+
+    with pytest.raises(StopIteration) as done:  # the flow ends by itself
+        drive()
+    assert done.value.value.status == 410
+    assert sends <= flow.STARTING_WINDOW / flow.MIN_STARTING_WAIT + 2
+    assert all(s >= flow.MIN_STARTING_WAIT for s in sleeps[:-1])

@@ -59,6 +59,7 @@ PROBE_TIMEOUT = 2.0
 # IMDS answers 410 for up to about 70 s while the VM starts; keep asking that long.
 STARTING_WINDOW = 70.0
 MAX_STARTING_WAIT = 10.0  # longest single wait between two 410 answers
+MIN_STARTING_WAIT = 1.0  # shortest: a "Retry-After: 0" (or a date in the past) must not spin
 # 410 is retried too, for up to STARTING_WINDOW (see _imds), not within send()'s budget.
 IMDS_RETRY_STATUSES = frozenset({404, 429, *range(500, 600)})
 IMDS_MAX_ATTEMPTS = 5
@@ -310,9 +311,11 @@ def _imds(profile: Profile, request: HttpRequest) -> Generator[Action, Any, Http
             return response
         attempt += 1
         wait = _retry_after(response)
-        delay = min(backoff(attempt) if wait is None else wait, MAX_STARTING_WAIT,
-                    STARTING_WINDOW - waited)
-        waited += delay
+        delay = min(max(backoff(attempt) if wait is None else wait, MIN_STARTING_WAIT),
+                    MAX_STARTING_WAIT, STARTING_WINDOW - waited)
+        waited += max(delay, MIN_STARTING_WAIT)  # the window always moves on
+        if delay <= 0:
+            return response
         yield Sleep(delay)
         response = None
 
