@@ -125,6 +125,29 @@ def app(emu: Emulator, secret: str) -> Any:
     return emu.register_app(secret=secret)
 
 
+def _toml(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (str, list, bool)) else str(value)
+
+
+@pytest.fixture
+def app_profile(emu: Emulator, app: Any, secret: str, profiles: Profiles) -> Callable[..., str]:
+    """Writes a client-credentials profile of the `app` fixture (secret inline) for the
+    emulator's API: ``app_profile("name", cache="file", timeout=5)``; returns its name. Each
+    call adds a profile to the file."""
+    written: list[str] = []
+
+    def write(name: str, **keys: Any) -> str:
+        values: dict[str, Any] = {"flow": "client_credentials", "authority": emu.url,
+                                  "tenant": emu.tenant_id, "client_id": app.client_id,
+                                  "client_secret": secret, "scope": emu.api_scope, **keys}
+        body = "\n".join(f"{k} = {_toml(v)}" for k, v in values.items())
+        written.append(f"[profiles.{name}]\n{body}\n")
+        profiles.write("\n".join(written))
+        return name
+
+    return write
+
+
 @pytest.fixture
 def cc_profile(emu: Emulator, app: Any, profiles: Profiles, monkeypatch: pytest.MonkeyPatch,
                secret: str) -> str:

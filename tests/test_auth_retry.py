@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -15,7 +15,7 @@ from requests.adapters import BaseAdapter
 from authlayer import EntraAuth, get_token
 from authlayer.emulator import Emulator
 
-from .conftest import Client, Profiles
+from .conftest import Client
 
 
 def test_after_revocation_the_request_is_resent_once(emu: Emulator, cc_profile: str,
@@ -30,19 +30,11 @@ def test_after_revocation_the_request_is_resent_once(emu: Emulator, cc_profile: 
     assert emu.count("api") == 3
 
 
-def test_second_401_is_returned_to_the_caller(emu: Emulator, profiles: Profiles, app: Any,
-                                              secret: str, client: Client) -> None:
+def test_second_401_is_returned_to_the_caller(emu: Emulator, client: Client,
+                                              app_profile: Callable[..., str]) -> None:
     # A token for another audience: the API refuses every one of them.
-    profiles.write(f"""
-        [profiles.wrongaud]
-        flow = "client_credentials"
-        authority = "{emu.url}"
-        tenant = "{emu.tenant_id}"
-        client_id = "{app.client_id}"
-        client_secret = "{secret}"
-        scope = "https://graph.microsoft.com/.default"
-        allowed_hosts = ["127.0.0.1"]
-    """)
+    app_profile("wrongaud", scope="https://graph.microsoft.com/.default",
+                allowed_hosts=["127.0.0.1"])
     answer = client.get(f"{emu.api_url}/a", EntraAuth("wrongaud"))
     assert answer.status == 401
     assert emu.count("api") == 2
@@ -212,17 +204,8 @@ class _Capture(BaseAdapter):
 
 
 @pytest.fixture
-def example_profile(emu: Emulator, app: Any, secret: str, profiles: Profiles) -> str:
-    profiles.write(f"""
-        [profiles.ex]
-        flow = "client_credentials"
-        authority = "{emu.url}"
-        tenant = "{emu.tenant_id}"
-        client_id = "{app.client_id}"
-        client_secret = "{secret}"
-        scope = "{emu.api_scope}"
-        allowed_hosts = [".example.com"]
-    """)
+def example_profile(app_profile: Callable[..., str]) -> str:
+    app_profile("ex", allowed_hosts=[".example.com"])
     return "ex"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from cryptography import x509
@@ -372,18 +372,9 @@ def test_client_assertion_source_is_read_for_every_token_request(
 
 
 def test_new_process_keeps_a_stored_token_when_its_refresh_fails(
-    emu: Emulator, app: Any, secret: str, profiles: Profiles, monkeypatch: pytest.MonkeyPatch
+    emu: Emulator, monkeypatch: pytest.MonkeyPatch, app_profile: Callable[..., str]
 ) -> None:
-    profiles.write(f"""
-        [profiles.filed]
-        flow = "client_credentials"
-        authority = "{emu.url}"
-        tenant = "{emu.tenant_id}"
-        client_id = "{app.client_id}"
-        client_secret = "{secret}"
-        scope = "{emu.api_scope}"
-        cache = "file"
-    """)
+    app_profile("filed", cache="file")
     first = get_token("filed")
     PROVIDER.reset()  # as if a new process started
     clock = Clock()
@@ -391,3 +382,16 @@ def test_new_process_keeps_a_stored_token_when_its_refresh_fails(
     monkeypatch.setattr(PROVIDER, "clock", clock)
     emu.inject("status", count=10, status=503, retry_after=0)
     assert get_token("filed") == first
+
+
+def test_no_profile_name_means_authlayer_profile(emu: Emulator, app_profile: Any,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 client: Client) -> None:
+    app_profile("first")
+    graph = app_profile("second", scope="https://graph.microsoft.com/.default",
+                        allowed_hosts=["127.0.0.1"])
+    monkeypatch.setenv("AUTHLAYER_PROFILE", "first")
+    assert client.get(f"{emu.api_url}/x", EntraAuth()).status == 200
+    assert jwtlib.decode(get_token().token)[1]["aud"] == emu.api_resource
+    monkeypatch.setenv("AUTHLAYER_PROFILE", graph)  # followed, not remembered from before
+    assert jwtlib.decode(get_token().token)[1]["aud"] == "https://graph.microsoft.com"

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 import threading
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,8 @@ def test_async_client_requests_share_one_token_request(emu: Emulator, cc_profile
     assert emu.count("token") == 1
 
 
-def test_token_request_never_blocks_the_event_loop(emu: Emulator, cc_profile: str) -> None:
-    emu.latency = 0.5
+def _ticks_while(work: Awaitable[Any]) -> int:
+    """How often a 10 ms ticker task ran on the event loop while ``work`` was awaited."""
     ticks = 0
 
     async def ticker(stop: asyncio.Event) -> None:
@@ -101,11 +102,17 @@ def test_token_request_never_blocks_the_event_loop(emu: Emulator, cc_profile: st
     async def main() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(ticker(stop))
-        await get_token_async(cc_profile)
+        await work
         stop.set()
         await task
 
     asyncio.run(main())
+    return ticks
+
+
+def test_token_request_never_blocks_the_event_loop(emu: Emulator, cc_profile: str) -> None:
+    emu.latency = 0.5
+    ticks = _ticks_while(get_token_async(cc_profile))
     # While the token request waited 0.5 s, the loop kept running other tasks.
     assert ticks >= 10
 
@@ -124,22 +131,7 @@ def test_command_secret_source_runs_off_the_event_loop(emu: Emulator, app: Any, 
         client_secret = {{ command = [{json.dumps(sys.executable)}, "slow_secret.py"] }}
         scope = "{emu.api_scope}"
     """)
-    ticks = 0
-
-    async def ticker(stop: asyncio.Event) -> None:
-        nonlocal ticks
-        while not stop.is_set():
-            ticks += 1
-            await asyncio.sleep(0.01)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(ticker(stop))
-        await get_token_async("cmd")
-        stop.set()
-        await task
-
-    asyncio.run(main())
+    ticks = _ticks_while(get_token_async("cmd"))
     assert ticks >= 10
     assert emu.count("token") == 1
 

@@ -26,20 +26,7 @@ from authlayer.emulator import Emulator
 from authlayer.filecache import FileStore
 from authlayer.provider import PROVIDER
 
-from .conftest import Profiles
-
-HOUR = 3600
-
-
-def record(token: str, *, expires_in: int = HOUR, refresh_token: str | None = None,
-           account: Any = None) -> dict[str, Any]:
-    now = int(time.time())
-    rec: dict[str, Any] = {"access_token": token, "expires_on": now + expires_in,
-                           "refresh_on": now + expires_in - 300, "token_type": "Bearer"}
-    if refresh_token is not None or account is not None:
-        rec["refresh_token"] = refresh_token
-        rec["account"] = account
-    return rec
+from .test_store import HOUR, record
 
 
 def contents(store: FileStore) -> dict[str, Any]:
@@ -700,18 +687,8 @@ def test_processes_sharing_the_file_lose_no_entries(store: FileStore) -> None:
 
 
 @pytest.fixture
-def file_profile(emu: Emulator, app: Any, profiles: Profiles, secret: str) -> str:
-    profiles.write(f"""
-        [profiles.filed]
-        flow = "client_credentials"
-        authority = "{emu.url}"
-        tenant = "{emu.tenant_id}"
-        client_id = "{app.client_id}"
-        client_secret = "{secret}"
-        scope = "{emu.api_scope}"
-        cache = "file"
-        timeout = 5
-    """)
+def file_profile(app_profile: Callable[..., str]) -> str:
+    app_profile("filed", cache="file", timeout=5)
     return "filed"
 
 

@@ -9,7 +9,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -260,22 +260,13 @@ def test_logout_forgets_every_scope_of_the_sign_in(emu: Emulator, profiles: Prof
 
 
 def test_a_cache_that_cannot_be_written_keeps_the_token_in_memory(
-    emu: Emulator, app: Any, secret: str, profiles: Profiles, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, app_profile: Callable[..., str],
 ) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
     monkeypatch.setenv("AUTHLAYER_CACHE_DIR", str(blocker / "cache"))
-    profiles.write(f"""
-        [profiles.filed]
-        flow = "client_credentials"
-        authority = "{emu.url}"
-        tenant = "{emu.tenant_id}"
-        client_id = "{app.client_id}"
-        client_secret = "{secret}"
-        scope = "{emu.api_scope}"
-        cache = "file"
-    """)
+    app_profile("filed", cache="file")
     token = get_token("filed")
     assert get_token("filed") == token
     assert emu.count("token") == 1

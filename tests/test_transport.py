@@ -9,7 +9,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -73,18 +73,9 @@ def test_html_error_page_is_a_token_error(emu: Emulator, cc_profile: str) -> Non
     assert "HTTP 400" in str(info.value)
 
 
-def test_timeout_applies_to_each_request(emu: Emulator, app: Any, secret: str,
-                                         profiles: Profiles) -> None:
-    profiles.write(f"""
-        [profiles.slow]
-        flow = "client_credentials"
-        authority = "{emu.url}"
-        tenant = "{emu.tenant_id}"
-        client_id = "{app.client_id}"
-        client_secret = "{secret}"
-        scope = "{emu.api_scope}"
-        timeout = 0.2
-    """)
+def test_timeout_applies_to_each_request(emu: Emulator,
+                                         app_profile: Callable[..., str]) -> None:
+    app_profile("slow", timeout=0.2)
     emu.inject("latency", count=10, seconds=1.0)
     with pytest.raises(TokenError) as info:
         get_token("slow")
