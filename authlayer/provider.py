@@ -188,26 +188,37 @@ class _Flight:
     async def wait(self) -> None:
         """Wait without blocking the event loop (asyncio or trio)."""
         import anyio
-        import sniffio
 
         event = anyio.Event()
-        if sniffio.current_async_library() == "trio":
-            import trio
-
-            token = trio.lowlevel.current_trio_token()
-
-            def wake() -> None:
-                token.run_sync_soon(event.set)
-        else:
-            import asyncio
-
-            loop = asyncio.get_running_loop()
-
-            def wake() -> None:
-                loop.call_soon_threadsafe(event.set)
-
+        wake = _thread_safe_setter(event.set)
         if self.add_waiter(wake):
             await event.wait()
+
+
+def _thread_safe_setter(set_event: Callable[[], None]) -> Callable[[], None]:
+    """A function that any thread may call to run ``set_event`` on the running event loop.
+
+    The running library is found without ``sniffio`` (not a dependency of ours, nor of current
+    ``anyio``): an asyncio loop running in this thread, else trio's token.
+    """
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        import trio  # no asyncio loop here: the only other library anyio drives is trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def wake_trio() -> None:
+            token.run_sync_soon(set_event)
+
+        return wake_trio
+
+    def wake_asyncio() -> None:
+        loop.call_soon_threadsafe(set_event)
+
+    return wake_asyncio
 
 
 def _record(result: TokenResult) -> dict[str, Any]:

@@ -1,0 +1,49 @@
+"""authlayer runs on what `pip install authlayer` brings: sniffio is not among it (current anyio
+no longer depends on it), so the async single flight must not need it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from authlayer.emulator import Emulator
+
+_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.modules["sniffio"] = None  # as on a fresh install: importing it fails
+    import asyncio, httpx
+    from authlayer import EntraAuth
+
+    async def main():
+        async with httpx.AsyncClient(auth=EntraAuth("cold", config=sys.argv[1])) as client:
+            answers = await asyncio.gather(*(client.get(sys.argv[2]) for _ in range(50)))
+        print(sorted({a.status_code for a in answers}))
+
+    asyncio.run(main())
+""")
+
+
+def test_cold_async_stampede_works_without_sniffio(emulator: Emulator, tmp_path: Path) -> None:
+    app = emulator.register_app(secret="s3cret-for-sniffio-test")
+    config = tmp_path / "profiles.toml"
+    config.write_text(
+        "[profiles.cold]\n"
+        'flow = "client_credentials"\n'
+        f'authority = "{emulator.url}"\n'
+        f'tenant = "{emulator.tenant_id}"\n'
+        f'client_id = "{app.client_id}"\n'
+        'client_secret = "s3cret-for-sniffio-test"\n'
+        f'scope = "{emulator.api_scope}"\n',
+        encoding="utf-8",
+    )
+    before = emulator.count("token")
+    emulator.inject("latency", seconds=0.3)  # keep the leader busy so that all 49 others wait
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(config), f"{emulator.api_url}/me"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[200]"
+    assert emulator.count("token") - before == 1
