@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
+from . import _fileperms
 from .errors import ConfigError
 from .hosts import HostPolicy, NoHostError, is_loopback
 from .profile import DEFAULT_AUTHORITY, FLOWS, CertificateConfig, Profile, SecretSource
@@ -223,6 +224,10 @@ _DEFAULTS_ORIGIN = "set in [defaults]"
 
 # Built profiles remembered per file; more distinct scope/tenant overrides than this start over.
 _MEMO_LIMIT = 256
+# A profiles file larger than this is not one (and is not read into memory whole).
+MAX_FILE_BYTES = 16 * 1024 * 1024
+# How many profiles deep an `extends` chain may go.
+MAX_EXTENDS_DEPTH = 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,6 +272,16 @@ def _suggest(word: str, choices: Iterable[str], aliases: Optional[Mapping[str, s
 def _short(value: str, limit: int = 60) -> str:
     """A value quoted for a message, cut short (used only for values that are not secrets)."""
     return repr(value if len(value) <= limit else value[: limit - 1] + "…")
+
+
+def _control(value: str) -> Optional[str]:
+    """The first control character in ``value`` (but whitespace, which callers judge
+    themselves), as ``U+0000``; ``None`` if there is none. NUL and its kin have no place in a
+    URL, an id or a name, and may cut or bend what a C library or a server reads."""
+    for char in value:
+        if (char < " " or "\x7f" <= char <= "\x9f") and not char.isspace():
+            return f"U+{ord(char):04X}"
+    return None
 
 
 def _toml_key(name: str) -> str:
@@ -362,6 +377,8 @@ def _load_file(config: Optional[PathArg]) -> _File:
             f"the profiles file is a folder (chosen by {how}); give the path of a TOML file",
             path=name,
         )
+    # Checked on every load (the stat is there anyway): a chmod leaves the stamp as it was.
+    _check_trusted(name, st)
     stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
     with _lock:
         cached = _files.get(name)
@@ -374,15 +391,82 @@ def _load_file(config: Optional[PathArg]) -> _File:
     return parsed
 
 
+def _check_trusted(path: str, st: os.stat_result) -> None:
+    """Refuse (POSIX) a profiles file that another user owns or may write to: it says where
+    secrets are sent and which commands run as the current user (CONTRACT §4). Root may own it
+    (a file in /etc); a mode of ``0644`` or ``0600`` is fine, ``0664`` or ``0666`` is not."""
+    found = _fileperms.problems(st, root_ok=True)
+    if found:
+        raise ConfigError(
+            f"refusing to use the profiles file: it is {' and '.join(found)}, so another user "
+            f"could change where secrets go and what commands run; {_fix(path, found)}",
+            path=path,
+        )
+
+
+def _check_folder(path: str) -> None:
+    """Refuse (POSIX) a profiles file whose folder another user owns or may write to (they
+    could replace the file). For a file reached through a symbolic link, the link's folder and
+    the real file's folder. Folders above those are not checked, as ssh does not."""
+    if not _fileperms.POSIX:
+        return
+    folders = dict.fromkeys((os.path.dirname(path), os.path.dirname(os.path.realpath(path))))
+    for folder in folders:
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot check the profiles file's folder {folder}: {exc.strerror}", path=path
+            ) from None
+        found = _fileperms.problems(st, folder=True, root_ok=True)
+        if found:
+            raise ConfigError(
+                f"refusing to use the profiles file: its folder {folder} is "
+                f"{' and '.join(found)}, so another user could replace the file; "
+                f"{_fix(folder, found)}",
+                path=path,
+            )
+
+
+def _fix(path: str, problems: list[str]) -> str:
+    """What to run to make ``path`` safe."""
+    import shlex
+
+    quoted = shlex.quote(path)
+    steps = []
+    if any(p.startswith("owned") for p in problems):
+        steps.append(f"sudo chown $(id -un) {quoted}")
+    if any(p.startswith("writable") for p in problems):
+        steps.append(f"chmod go-w {quoted}")
+    return "fix it with: " + " && ".join(steps)
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
 def _parse(path: str) -> _File:
     """Read and parse the file, and check its top level (``[defaults]``, ``[profiles.*]``)."""
+    _check_folder(path)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        # Non-blocking: a FIFO put in the file's place must not hang us; refused just below.
+        with open(path, "rb", opener=_open_nonblocking) as handle:
+            st = os.fstat(handle.fileno())
+            # What is read is what was checked, even if the file was swapped since the stat.
+            _check_trusted(path, st)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError("the profiles file is not a regular file", path=path)
+            data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
             f"cannot read the profiles file: {exc.strerror or exc}", path=path
         ) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"the profiles file is larger than {MAX_FILE_BYTES // (1 << 20)} MB: it is not a "
+            "profiles file",
+            path=path,
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -517,6 +601,13 @@ class _Builder:
             if target in chain:
                 cycle = [*chain[chain.index(target) :], target]
                 raise self.error("extends", "extends makes a cycle: " + " -> ".join(cycle), where)
+            if len(chain) > MAX_EXTENDS_DEPTH:
+                raise self.error(
+                    "extends",
+                    f"extends goes more than {MAX_EXTENDS_DEPTH} profiles deep "
+                    f"({' -> '.join(chain[:3])} -> …): let profiles extend a common one instead",
+                    "",
+                )
             chain.append(target)
 
     def merge(self, chain: list[str]) -> str:
@@ -767,7 +858,13 @@ class _Builder:
             raise self.type_error(key, expected, value)
         if not value.strip():
             raise self.error(key, f"{key} is empty: it must be {expected}")
+        self.no_control(key, value)
         return value
+
+    def no_control(self, key: str, value: str) -> None:
+        found = _control(value)
+        if found is not None:
+            raise self.error(key, f"{key} has a control character ({found}) in it")
 
     def text(self, key: str, expected: str) -> Optional[str]:
         if key not in self.values:
@@ -822,6 +919,7 @@ class _Builder:
             items = value.split()
             if not items:
                 raise self.error("scope", "scope is empty: name at least one scope")
+            self.no_control("scope", value)
         elif isinstance(value, (list, tuple)):
             if not value:
                 raise self.error("scope", "scope is an empty list: name at least one scope")
@@ -841,6 +939,7 @@ class _Builder:
                         "scope as its own list item",
                     )
                 items.append(item)
+            self.no_control("scope", " ".join(items))
         else:
             raise self.type_error(
                 "scope", "a string (scopes separated by spaces) or a list of strings", value
@@ -966,6 +1065,8 @@ class _Builder:
                 raise self.error(
                     key, f"{key}.command item {number} must be a string, not {_type_name(arg)}"
                 )
+            if "\0" in arg:  # no program can receive it
+                raise self.error(key, f"{key}.command item {number} has a NUL character in it")
         if not ref[0].strip():
             raise self.error(key, f"{key}.command must start with the program to run")
         return source("command", tuple(ref))

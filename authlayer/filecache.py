@@ -30,6 +30,7 @@ from typing import Any, Callable, ClassVar, NamedTuple, Optional, Union
 import filelock
 import platformdirs
 
+from . import _fileperms
 from .errors import AuthLayerError
 from .store import account_part, account_prefix, merge_account
 from .store import expires_on as _expires_on
@@ -57,7 +58,7 @@ REPLACE_ATTEMPTS = 10
 REPLACE_BACKOFF = 0.01
 REPLACE_BACKOFF_MAX = 0.05
 
-_POSIX = os.name == "posix"
+_POSIX = _fileperms.POSIX
 _READ_FLAGS: int = (
     os.O_RDONLY
     | getattr(os, "O_NOFOLLOW", 0)
@@ -166,23 +167,19 @@ def _owned(st: os.stat_result) -> bool:
     return _POSIX and st.st_uid == os.geteuid()
 
 
-def _refuse(what: str, path: str, st: os.stat_result, *, writable: bool) -> AuthLayerError:
+def _refuse(what: str, path: str, st: os.stat_result, *, folder: bool = False) -> AuthLayerError:
     """The error for a token cache ``what`` (file, folder) that is not safe to use: owned by
-    another user and/or (``writable``) writable by other users."""
-    problems = []
-    if not _owned(st):
-        problems.append(f"owned by another user (uid {st.st_uid})")
-    if writable:
-        problems.append(f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
+    another user and/or writable by other users."""
+    found = _fileperms.problems(st, folder=folder)
     return AuthLayerError(
-        f"refusing to use the token cache {what} {path}: it is {' and '.join(problems)}"
+        f"refusing to use the token cache {what} {path}: it is {' and '.join(found)}"
     )
 
 
 def _check_owner(what: str, path: str, st: os.stat_result) -> None:
     """Refuse (POSIX) a file of another user."""
     if _POSIX and not _owned(st):
-        raise _refuse(what, path, st, writable=bool(st.st_mode & 0o022))
+        raise _refuse(what, path, st)
 
 
 def _tighten(what: str, path: str, st: os.stat_result, chmod: Callable[[], None]) -> None:
@@ -194,7 +191,7 @@ def _tighten(what: str, path: str, st: os.stat_result, chmod: Callable[[], None]
         chmod()
     except OSError:
         if st.st_mode & 0o022:
-            raise _refuse(what, path, st, writable=True) from None
+            raise _refuse(what, path, st) from None
 
 
 def _replace(src: str, dst: str) -> None:
@@ -423,14 +420,13 @@ class FileStore:
             return True
         mode = stat.S_IMODE(st.st_mode)
         if not _owned(st):
-            raise _refuse("folder", self.folder, st,
-                          writable=bool(mode & 0o022 and not mode & stat.S_ISVTX))
+            raise _refuse("folder", self.folder, st, folder=True)
         if mode & 0o077 and not mode & stat.S_ISVTX:
             try:
                 os.chmod(self.folder, 0o700)
             except OSError:
                 if mode & 0o022:
-                    raise _refuse("folder", self.folder, st, writable=True) from None
+                    raise _refuse("folder", self.folder, st, folder=True) from None
         return True
 
     def _check_lock_file(self) -> None:

@@ -7,13 +7,21 @@ where to find one; they are read when a token request needs them, and never show
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
+import logging
 import os
+import secrets
+import stat
 import subprocess
+import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Union
 
+from . import _fileperms
 from .errors import ConfigError
 from .hosts import HostPolicy
 
@@ -22,8 +30,11 @@ __all__ = [
     "FLOWS",
     "CertificateConfig",
     "Profile",
+    "Secret",
     "SecretSource",
 ]
+
+log = logging.getLogger("authlayer")
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 
@@ -41,6 +52,34 @@ FLOWS = (
 
 # Seconds a `command` secret source may run.
 COMMAND_TIMEOUT = 60.0
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+# Bytes a secret source may yield: a secret, a certificate password or an assertion is far
+# smaller; more is a mistake (a log file, /dev/zero, a runaway command), not a secret.
+MAX_SECRET_BYTES = 64 * 1024
+_READ_CHUNK = 8192
+
+
+class Secret:
+    """A secret held in memory (a password, a refresh token, a client secret) on its way to a
+    request form. Its ``repr`` and ``str`` hide it, so it stays out of tracebacks with captured
+    locals (Sentry, ``pytest --showlocals``), logs and messages; it refuses to be pickled.
+    :meth:`reveal` gives the value, at the moment it is encoded into the form."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(<hidden>)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> str:
+        raise TypeError("a Secret is not pickled: it would carry the secret")
 
 
 @dataclass(frozen=True)
@@ -75,48 +114,109 @@ class SecretSource:
                 raise self._error(f"environment variable {self.ref} is empty")
             return value
         if self.kind == "file":
-            assert isinstance(self.ref, str)
-            try:
-                text = Path(self.ref).read_text(encoding="utf-8")
-            except FileNotFoundError:
-                raise self._error(f"file {self.ref} does not exist") from None
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                raise self._error(f"cannot read file {self.ref}: {reason}") from None
-            text = text.rstrip("\r\n")
-            if not text:
-                raise self._error(f"file {self.ref} is empty")
-            return text
+            return self._read_file()
         if self.kind == "command":
             return self._run()
         raise self._error(f"unknown secret source kind {self.kind!r}")
+
+    def secret(self) -> Secret:
+        """:meth:`read`, wrapped so that the value does not show in reprs."""
+        return Secret(self.read())
+
+    def _too_large(self, what: str) -> ConfigError:
+        return self._error(
+            f"{what} is larger than {MAX_SECRET_BYTES // 1024} KB: that is not a secret"
+        )
+
+    def _read_file(self) -> str:
+        assert isinstance(self.ref, str)
+        try:
+            # Non-blocking, so that a FIFO never hangs us (it is refused just below).
+            fd = os.open(self.ref, os.O_RDONLY | _NONBLOCK | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            raise self._error(f"file {self.ref} does not exist") from None
+        except OSError as exc:
+            raise self._error(f"cannot read file {self.ref}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise self._error(f"cannot read file {self.ref}: it is a folder")
+            if not stat.S_ISREG(st.st_mode):
+                # /dev/zero, a FIFO, a socket: endless, or blocking until someone writes.
+                raise self._error(
+                    f"cannot read file {self.ref}: it is not a regular file (a device, a pipe "
+                    "or a socket)"
+                )
+            if st.st_size > MAX_SECRET_BYTES:
+                raise self._too_large(f"file {self.ref}")
+            data = _read_at_most(fd, MAX_SECRET_BYTES + 1)  # st_size may be 0 (/proc) or wrong
+        except OSError as exc:
+            raise self._error(f"cannot read file {self.ref}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        if len(data) > MAX_SECRET_BYTES:
+            raise self._too_large(f"file {self.ref}")
+        try:
+            text = data.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise self._error(f"cannot read file {self.ref}: not UTF-8 text") from None
+        if not text:
+            raise self._error(f"file {self.ref} is empty")
+        return text
 
     def _run(self) -> str:
         argv = list(self.ref) if isinstance(self.ref, tuple) else [self.ref]
         shown = argv[0]
         try:
-            done = subprocess.run(
+            process = subprocess.Popen(
                 argv,
-                capture_output=True,
-                timeout=COMMAND_TIMEOUT,
-                check=False,
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                # Not shown (it may echo the secret), and not collected: it could be endless.
+                stderr=subprocess.DEVNULL,
                 # The profiles file's folder, like relative `file` sources: never the caller's.
                 cwd=os.path.dirname(self.path) if self.path else None,
             )
         except FileNotFoundError:
             raise self._error(f"command {shown!r} was not found") from None
-        except subprocess.TimeoutExpired:
-            raise self._error(
-                f"command {shown!r} did not finish within {COMMAND_TIMEOUT:g} s"
-            ) from None
         except OSError as exc:
             raise self._error(f"command {shown!r} could not run: {exc.strerror}") from None
-        if done.returncode != 0:
-            # Its stderr is not shown: it may echo the secret.
-            raise self._error(f"command {shown!r} failed with exit status {done.returncode}")
+        # Output is read as it comes, at most MAX_SECRET_BYTES + 1 (a command that prints
+        # without end is killed, not collected), by a thread, so that the timeout holds even
+        # when something the command started keeps its output open.
+        stdout = process.stdout
+        assert stdout is not None
+        output: list[bytes] = []
+        reader = threading.Thread(
+            # The thread holds `stdout` itself: its descriptor stays open while it reads.
+            target=lambda: output.append(_read_at_most(stdout.fileno(), MAX_SECRET_BYTES + 1)),
+            name="authlayer-secret-command",
+            daemon=True,
+        )
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        returncode: Optional[int] = None
         try:
-            text = done.stdout.decode("utf-8").rstrip("\r\n")
+            reader.start()
+            reader.join(COMMAND_TIMEOUT)
+            if output and len(output[0]) <= MAX_SECRET_BYTES:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    returncode = process.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            if process.poll() is None:  # too much, too slow, or interrupted (Ctrl-C)
+                process.kill()
+                process.wait()
+            if not reader.is_alive():
+                stdout.close()
+        data = output[0] if output else b""
+        if returncode is None and len(data) <= MAX_SECRET_BYTES:
+            raise self._error(f"command {shown!r} did not finish within {COMMAND_TIMEOUT:g} s")
+        if len(data) > MAX_SECRET_BYTES:
+            raise self._too_large(f"the output of command {shown!r}")
+        if returncode != 0:
+            # Its stderr is not shown: it may echo the secret.
+            raise self._error(f"command {shown!r} failed with exit status {returncode}")
+        try:
+            text = data.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
             raise self._error(f"command {shown!r} printed something that is not UTF-8") from None
         if not text:
@@ -127,12 +227,15 @@ class SecretSource:
     def identity(self) -> str:
         """A stable, non-secret description, used in cache keys (``env:NAME``, ``file:/p``, ...).
 
-        A literal value is represented by a short hash, so that two different secrets never share
-        cached tokens while the secret itself never enters a key.
+        A literal value is represented by a keyed hash (HMAC-SHA256 with this installation's
+        salt, see :func:`installation_salt`), so that two different secrets never share cached
+        tokens while the secret itself never enters a key, and a key seen elsewhere (a cache
+        file, a Redis key name) cannot be checked against guessed secrets.
         """
         if self.kind == "value":
             assert isinstance(self.ref, str)
-            return "value:" + hashlib.sha256(self.ref.encode()).hexdigest()[:16]
+            digest = hmac.new(installation_salt(), self.ref.encode(), hashlib.sha256)
+            return "value:" + digest.hexdigest()[:32]
         if isinstance(self.ref, tuple):
             return f"{self.kind}:" + "\x1f".join(self.ref)
         return f"{self.kind}:{self.ref}"
@@ -147,6 +250,94 @@ class SecretSource:
             return f"file {self.ref}"
         argv = self.ref if isinstance(self.ref, tuple) else (self.ref,)
         return "command " + " ".join(argv[:1])
+
+
+SALT_FILE = "key-salt"
+_SALT_HEX = 64
+_salts: dict[str, bytes] = {}  # the token cache's folder -> its salt
+_salts_lock = threading.Lock()
+
+
+def installation_salt() -> bytes:
+    """The key for hashing inline secrets into cache keys: random, created once per
+    installation (``key-salt``, ``0600``, next to the token cache), the same for every process
+    of the user. If it cannot be kept there, a salt for this process only (with a warning):
+    then tokens that the file cache holds for profiles with an inline secret are not found by
+    other processes, which fetch their own."""
+    from .filecache import default_path  # only on this slow path: it imports filelock
+
+    folder = os.path.dirname(default_path())
+    salt = _salts.get(folder)
+    if salt is None:
+        with _salts_lock:
+            salt = _salts.get(folder)
+            if salt is None:
+                salt = _salts[folder] = _load_salt(folder)
+    return salt
+
+
+def _load_salt(folder: str) -> bytes:
+    path = os.path.join(folder, SALT_FILE)
+    try:
+        salt = _read_salt(path)
+        if salt is None:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{SALT_FILE}.", suffix=".tmp", dir=folder)
+            try:
+                with os.fdopen(fd, "w", encoding="ascii") as file:
+                    file.write(secrets.token_hex(_SALT_HEX // 2))
+                    file.flush()
+                    os.fsync(file.fileno())
+                # A link never replaces an existing file: when two processes race, both end up
+                # with the one that got there first.
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+            finally:
+                os.unlink(tmp)
+            salt = _read_salt(path)
+            if salt is None:
+                raise OSError(0, "it disappeared as it was made")
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        log.warning(
+            "cannot keep the cache key salt %s (%s): using one for this process only, so "
+            "tokens that the file cache holds for profiles with an inline secret are not "
+            "found by other processes", path, reason,
+        )
+        return secrets.token_bytes(_SALT_HEX // 2)
+    return salt
+
+
+def _read_salt(path: str) -> Optional[bytes]:
+    """The salt in ``path``; ``None`` if there is no file; ValueError if it is not fit."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        found = _fileperms.problems(st)
+        if found or not stat.S_ISREG(st.st_mode):
+            raise ValueError("it is " + (" and ".join(found) or "not a regular file"))
+        text = _read_at_most(fd, _SALT_HEX + 1).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if len(text) != _SALT_HEX or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError("it does not hold a salt")
+    return bytes.fromhex(text)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``fd``, until its end."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, min(_READ_CHUNK, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)

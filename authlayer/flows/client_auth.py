@@ -9,25 +9,36 @@ answer. Reading a secret source or a certificate file is blocking work, so it is
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Generator, Mapping
+from typing import Any, Union
 
 from .._http import Action, Call, HttpRequest, send, token_response
-from ..profile import Profile, SecretSource
+from ..profile import Profile, Secret, SecretSource
 from ..token import TokenResult
 from . import FlowContext
 
-__all__ = ["ASSERTION_TYPE", "client_auth_fields", "read_secret", "token_request"]
+__all__ = ["ASSERTION_TYPE", "Form", "client_auth_fields", "read_secret", "secret_of",
+           "token_request"]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
+# A grant's form: secrets stay wrapped (hidden from reprs and captured locals) until the
+# request is built.
+Form = Mapping[str, Union[str, Secret]]
+
+
+def secret_of(source: SecretSource) -> Generator[Action, Any, Secret]:
+    """Read a secret source, wrapped; files and commands off the event loop."""
+    if source.kind in ("value", "env"):
+        return source.secret()
+    value = yield Call(source.secret)
+    assert isinstance(value, Secret)
+    return value
+
 
 def read_secret(source: SecretSource) -> Generator[Action, Any, str]:
-    """Read a secret source; files and commands off the event loop."""
-    if source.kind in ("value", "env"):
-        return source.read()
-    value = yield Call(source.read)
-    return str(value)
+    """Read a secret source as plain text; files and commands off the event loop."""
+    return (yield from secret_of(source)).reveal()
 
 
 def _certificate_assertion(profile: Profile, audience: str) -> str:
@@ -47,23 +58,29 @@ def _certificate_assertion(profile: Profile, audience: str) -> str:
     )
 
 
-def client_auth_fields(profile: Profile, token_url: str) -> Generator[Action, Any, dict[str, str]]:
+def client_auth_fields(profile: Profile, token_url: str) -> Generator[Action, Any, Form]:
     """The form fields that authenticate the client to ``token_url`` (empty for a public
     client). A certificate assertion is built anew, with a fresh ``jti``, for every request."""
     if profile.client_secret is not None:
-        return {"client_secret": (yield from read_secret(profile.client_secret))}
+        return {"client_secret": (yield from secret_of(profile.client_secret))}
     if profile.certificate is not None:
-        assertion = yield Call(lambda: _certificate_assertion(profile, token_url))
-        return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": str(assertion)}
-    if profile.client_assertion is not None:
-        assertion = yield from read_secret(profile.client_assertion)
+        assertion = yield Call(lambda: Secret(_certificate_assertion(profile, token_url)))
+        assert isinstance(assertion, Secret)
         return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+    if profile.client_assertion is not None:
+        return {"client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": (yield from secret_of(profile.client_assertion))}
     return {}
+
+
+def _revealed(form: Form) -> dict[str, str]:
+    """The form as it is sent: secrets unwrapped, at the last moment."""
+    return {k: v.reveal() if isinstance(v, Secret) else v for k, v in form.items()}
 
 
 def token_request(
     ctx: FlowContext,
-    form: dict[str, str],
+    form: Form,
     *,
     what: str = "token request",
     authenticate: bool = True,
@@ -81,7 +98,9 @@ def token_request(
             fields.update((yield from client_auth_fields(profile, url)))
         if ctx.claims:
             fields["claims"] = ctx.claims
-        return HttpRequest("POST", url, form=fields, timeout=profile.timeout, what=what)
+        # The request's form is left out of its repr.
+        return HttpRequest("POST", url, form=_revealed(fields), timeout=profile.timeout,
+                           what=what)
 
     # Lifetimes count from when the request was sent: never past the token's real expiry.
     sent = ctx.clock()

@@ -18,12 +18,13 @@ from collections.abc import Generator
 from typing import Any
 
 from .._http import Action
+from ..profile import Profile
 from ..token import TokenResult
 from . import FlowContext
-from .client_auth import read_secret, token_request
+from .client_auth import Form, secret_of, token_request
 from .refresh import complete, sign_in_scope, silently_first
 
-__all__ = ["PasswordFlowWarning", "acquire"]
+__all__ = ["PasswordFlowWarning", "acquire", "cache_identity"]
 
 log = logging.getLogger("authlayer")
 
@@ -63,6 +64,15 @@ def _warn_once(profile: str) -> None:
     warnings.warn(message, PasswordFlowWarning, stacklevel=_caller_stacklevel())
 
 
+def cache_identity(profile: Profile) -> str:
+    """What the cache key needs beyond the profile: which password. Two profiles for the same
+    person and app with different passwords must not share a sign-in, or the one with the
+    wrong password would be served the other's refresh token. The password source's identity
+    is a keyed hash for an inline password and says where it is read from otherwise."""
+    assert profile.password is not None
+    return "password:" + profile.password.identity
+
+
 def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     """A token for the profile's person: from the cached refresh token, else by password."""
     _warn_once(ctx.profile.name)
@@ -75,11 +85,11 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     assert profile.client_id is not None
     assert profile.username is not None
     assert profile.password is not None
-    form = {
+    form: Form = {
         "grant_type": "password",
         "client_id": profile.client_id,
         "username": profile.username,
-        "password": (yield from read_secret(profile.password)),
+        "password": (yield from secret_of(profile.password)),
         "scope": sign_in_scope(ctx),
     }
     result = yield from token_request(ctx, form, what="password token request")

@@ -24,9 +24,10 @@ from typing import Any, Callable, Optional
 from .. import jwt
 from .._http import Action
 from ..errors import TokenError
+from ..profile import Secret
 from ..token import TokenResult
 from . import FlowContext, default_prompt
-from .client_auth import token_request
+from .client_auth import Form, token_request
 
 __all__ = [
     "SIGN_IN_SCOPES",
@@ -119,20 +120,20 @@ def complete(
 
 
 def redeem(
-    ctx: FlowContext, refresh_token: str, *, scope: Optional[str] = None
+    ctx: FlowContext, refresh_token: Secret, *, scope: Optional[str] = None
 ) -> Generator[Action, Any, TokenResult]:
     """Redeem ``refresh_token`` for the profile's scopes (plus the sign-in scopes, so the
     answer brings the rotated refresh token and an id_token). Raises :class:`TokenError`."""
     profile = ctx.profile
     assert profile.client_id is not None
-    form = {
+    form: Form = {
         "grant_type": "refresh_token",
         "client_id": profile.client_id,
         "refresh_token": refresh_token,
         "scope": scope if scope is not None else sign_in_scope(ctx),
     }
     result = yield from token_request(ctx, form, what="refresh token request")
-    return complete(result, refresh_token=refresh_token, account=ctx.account)
+    return complete(result, refresh_token=refresh_token.reveal(), account=ctx.account)
 
 
 def silently_first(
@@ -147,7 +148,7 @@ def silently_first(
     profile = ctx.profile
     if ctx.refresh_token:
         try:
-            return (yield from redeem(ctx, ctx.refresh_token))
+            return (yield from redeem(ctx, Secret(ctx.refresh_token)))
         except TokenError as exc:
             if exc.error not in _SIGN_IN_AGAIN:
                 raise

@@ -19,10 +19,10 @@ from typing import Any, Optional
 
 from .._http import Action
 from ..errors import TokenError
-from ..profile import Profile
+from ..profile import Profile, Secret
 from ..token import TokenResult
 from . import FlowContext
-from .client_auth import read_secret
+from .client_auth import secret_of
 from .refresh import redeem
 
 __all__ = ["REFUSED_TOKEN_CODES", "acquire"]
@@ -78,18 +78,19 @@ def _with_replace_hint(exc: TokenError, profile: Profile) -> TokenError:
 def _redeem_newest(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     profile = ctx.profile
     assert profile.refresh_token is not None
-    configured: Optional[str] = None
+    # Refresh tokens stay wrapped in Secret: hidden from captured locals.
+    configured: Optional[Secret] = None
     if ctx.refresh_token:
         try:
-            return (yield from redeem(ctx, ctx.refresh_token))
+            return (yield from redeem(ctx, Secret(ctx.refresh_token)))
         except TokenError as exc:
             if exc.error != "invalid_grant":
                 raise
-            configured = yield from read_secret(profile.refresh_token)
-            if configured == ctx.refresh_token:
+            configured = yield from secret_of(profile.refresh_token)
+            if configured.reveal() == ctx.refresh_token:
                 raise
             log.info("profile %r: the cached refresh token was refused; trying the one in "
                      "the profile", profile.name)
     if configured is None:
-        configured = yield from read_secret(profile.refresh_token)
+        configured = yield from secret_of(profile.refresh_token)
     return (yield from redeem(ctx, configured))
