@@ -363,6 +363,7 @@ class Provider:
             prompt=prompt or default_prompt,
             clock=self.clock,
         )
+        found = record = None  # it holds tokens: keep them out of a failing flow's locals
         try:
             result = yield from load_flow(profile.flow).acquire(ctx)
         except AuthLayerError as exc:
