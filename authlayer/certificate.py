@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from . import jwt
 from .errors import ConfigError
-from .profile import CertificateConfig
+from .profile import CertificateConfig, Secret
 
 __all__ = [
     "MAX_LIFETIME",
@@ -139,7 +139,8 @@ def load_certificate(
         if hit is not None and hit[0] == stamp:
             return hit[1]
         stamp, data = _read(where)
-        password = config.password.read().encode("utf-8") if config.password is not None else None
+        # Kept wrapped (out of captured locals) until it is handed to the parser.
+        password = config.password.secret() if config.password is not None else None
         cert = _parse(data, password, where)
         with _cache_lock:
             _cache[key] = (stamp, cert)
@@ -173,7 +174,7 @@ def _read(where: _Where) -> tuple[tuple[int, int, int, int], bytes]:
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev), data
 
 
-def _parse(data: bytes, password: Optional[bytes], where: _Where) -> ClientCertificate:
+def _parse(data: bytes, password: Optional[Secret], where: _Where) -> ClientCertificate:
     if b"-----BEGIN" in data:
         key, certs = _parse_pem(data, password, where)
     elif _looks_like_pkcs12(data):
@@ -194,6 +195,10 @@ def _parse(data: bytes, password: Optional[bytes], where: _Where) -> ClientCerti
     return _build(rsa_key, certs, where)
 
 
+def _revealed(password: Optional[Secret]) -> Optional[bytes]:
+    return password.reveal().encode("utf-8") if password is not None else None
+
+
 def _looks_like_pkcs12(data: bytes) -> bool:
     """A DER ``PFX`` starts with a SEQUENCE whose first element is ``INTEGER 3``."""
     if len(data) < 5 or data[0] != 0x30:
@@ -209,7 +214,7 @@ def _looks_like_pkcs12(data: bytes) -> bool:
 
 
 def _parse_pem(
-    data: bytes, password: Optional[bytes], where: _Where
+    data: bytes, password: Optional[Secret], where: _Where
 ) -> tuple[Optional[Any], list[x509.Certificate]]:
     key: Optional[Any] = None
     certs: list[x509.Certificate] = []
@@ -234,7 +239,7 @@ def _parse_pem(
     return key, certs
 
 
-def _pem_key(kind: bytes, block: bytes, password: Optional[bytes], where: _Where) -> Any:
+def _pem_key(kind: bytes, block: bytes, password: Optional[Secret], where: _Where) -> Any:
     encrypted = kind == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in block
     if encrypted and password is None:
         raise where.error(
@@ -242,7 +247,8 @@ def _pem_key(kind: bytes, block: bytes, password: Optional[bytes], where: _Where
             key="certificate.password",
         )
     try:
-        return serialization.load_pem_private_key(block, password if encrypted else None)
+        return serialization.load_pem_private_key(
+            block, _revealed(password) if encrypted else None)
     except (ValueError, TypeError):
         if encrypted:
             raise where.error(
@@ -257,14 +263,14 @@ def _pem_key(kind: bytes, block: bytes, password: Optional[bytes], where: _Where
 
 
 def _parse_pkcs12(
-    data: bytes, password: Optional[bytes], where: _Where
+    data: bytes, password: Optional[Secret], where: _Where
 ) -> tuple[Optional[Any], list[x509.Certificate]]:
     # Without a password, also try the empty one (what some exporters write). With a password,
     # fall back to none: a file that is not protected opens either way, as PEM does.
-    attempts: list[Optional[bytes]] = [None, b""] if password is None else [password, None]
+    attempts: list[Optional[Secret]] = [None, Secret("")] if password is None else [password, None]
     for attempt in attempts:
         try:
-            key, cert, extra = pkcs12.load_key_and_certificates(data, attempt)
+            key, cert, extra = pkcs12.load_key_and_certificates(data, _revealed(attempt))
         except ValueError:
             continue
         except UnsupportedAlgorithm:

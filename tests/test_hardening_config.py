@@ -361,6 +361,37 @@ def test_a_client_secret_stays_out_of_captured_locals(
     assert "a-wrong-client-secret-value" not in shown
 
 
+@pytest.mark.parametrize("kind", ["pem", "pkcs12"])
+def test_a_wrong_certificate_password_stays_out_of_captured_locals(tmp_path: Path,
+                                                                   kind: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    from authlayer.certificate import load_certificate
+    from authlayer.profile import CertificateConfig
+
+    from .test_certificate import make_cert
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = make_cert(key)
+    protect = serialization.BestAvailableEncryption(b"the-right-pfx-password")
+    path = tmp_path / f"cred.{kind}"
+    if kind == "pem":
+        pem = serialization.Encoding.PEM
+        path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, protect)
+                         + cert.public_bytes(pem))
+    else:
+        path.write_bytes(pkcs12.serialize_key_and_certificates(b"c", key, cert, None, protect))
+    wrong = SecretSource("value", "a-wrong-pfx-password", key="certificate.password",
+                         profile="p")
+    with pytest.raises(ConfigError, match="wrong password") as info:
+        load_certificate(CertificateConfig(str(path), wrong), profile="p", config_path=None)
+    shown = with_locals(info.value)
+    assert "password = " in shown
+    assert "a-wrong-pfx-password" not in shown
+
+
 # ------------------------------------------------------------------ item 8: two passwords
 
 
