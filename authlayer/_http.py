@@ -18,25 +18,27 @@ Nothing else in authlayer sends HTTP to Entra or to a managed identity endpoint.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import math
 import os
 import random
 import re
-import ssl
 import threading
 import time
-import uuid
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import TokenError, redact
 from .token import TokenResult
+
+if TYPE_CHECKING:  # imported where used: a token served from a cache needs none of them
+    import ssl
+
+    import httpx
 
 __all__ = [
     "Action",
@@ -170,6 +172,8 @@ def _retry_after(response: HttpResponse) -> Optional[float]:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -391,6 +395,8 @@ def ssl_context() -> ssl.SSLContext:
     with _ssl_lock:
         ctx = _ssl_cache.get(key)
         if ctx is None:
+            import ssl
+
             if cafile is None and capath is None:
                 import certifi
 
@@ -404,6 +410,8 @@ def ssl_context() -> ssl.SSLContext:
 
 
 def _headers(request: HttpRequest) -> dict[str, str]:
+    import uuid
+
     headers = {
         "User-Agent": USER_AGENT,
         "Accept": "application/json",
@@ -415,6 +423,8 @@ def _headers(request: HttpRequest) -> dict[str, str]:
 
 def _failure(exc: Exception) -> ConnectionFailed:
     """What an httpx exception means for the retry policy."""
+    import ssl
+
     import httpx
 
     text = str(exc) or type(exc).__name__
@@ -460,14 +470,14 @@ def _new_client(cls: Any, proxy: bool) -> Any:
 
 def run_sync(flow: Flow[T]) -> T:
     """Run a flow to completion with blocking I/O."""
-    import httpx
-
     clients: dict[bool, httpx.Client] = {}
     try:
         action = next(flow)
         while True:
             try:
                 if isinstance(action, Send):
+                    import httpx  # only now: a flow served from a cache sends nothing
+
                     req = action.request
                     client = clients.get(req.proxy)
                     if client is None:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .jwt import JWTError, b64url_decode
+from .profile import Profile
 from .provider import PROVIDER, Binding, CachedToken, PathArg, ScopeArg
 
 if TYPE_CHECKING:
@@ -94,6 +95,19 @@ def _rejected(request: httpx.Request, response: httpx.Response, entry: CachedTok
     )
 
 
+def _require_hosts(profile: Profile, scope_given: bool) -> None:
+    """Refuse to attach a token whose scope names no host when ``allowed_hosts`` is not set
+    (``get_token`` and the CLI send the token nowhere, so config.py lets such a profile load)."""
+    if profile.allowed_hosts is None and not profile.hosts.patterns:
+        origin = " (from the scope= argument)" if scope_given else ""
+        raise profile.config_error(
+            f"scope {' '.join(profile.scopes)!r} names no host the token may be sent to: set "
+            'allowed_hosts to the hosts of the API, like allowed_hosts = ["api.example.com"]'
+            + origin,
+            key="scope",
+        )
+
+
 class EntraAuth(httpx.Auth):
     """Attach a profile's Entra ID token to requests, with ``requests`` or ``httpx``.
 
@@ -139,10 +153,12 @@ class EntraAuth(httpx.Auth):
         binding = self._binding
         if binding is None:
             profile, config, scope, tenant = self._args
-            binding = self._binding = PROVIDER.bind(
+            binding = PROVIDER.bind(
                 profile, config=config, scope=scope, tenant=tenant,
                 user_assertion=self._user_assertion,
             )
+            _require_hosts(binding.profile, scope is not None)
+            self._binding = binding
         return binding
 
     def _allowed(self, url: str) -> bool:

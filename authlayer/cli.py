@@ -4,13 +4,21 @@ Each subcommand is a small function over the library's public API. Exit status: 
 1 token error, 2 configuration or usage error. Errors are one line on standard error, never a
 traceback. Only ``authlayer token`` prints a token, on standard output; sign-in instructions go
 to standard error.
+
+Text that comes from outside (claims of a token, a server's error description, names in a
+profiles file) is printed with control characters escaped, so it cannot move the cursor, retitle
+the terminal or forge extra lines. A reader that goes away (``| head``) ends the command quietly;
+standard output that cannot be written (a full disk) is one line on standard error, exit 1.
+
+Start-up matters here (``$(authlayer token p)`` runs in scripts, often): the library's modules
+are imported inside the commands that need them, and a token served from the cache imports no
+HTTP client.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -21,13 +29,75 @@ from .errors import AuthLayerError, ConfigError, TokenError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_TOKEN, EXIT_USAGE = 0, 1, 2
+EXIT_PIPE = 141  # as if killed by SIGPIPE (128 + 13), like other tools whose reader went away
+
+# The phrases the library uses for its Python arguments, as the command line spells them.
+_OPTION_NAMES = (("the scope= argument", "--scope"), ("the tenant= argument", "--tenant"))
+
+
+class OutputFailed(Exception):
+    """Standard output could not be written (a closed pipe, a full disk)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error = error
+
+
+def out(text: str = "") -> None:
+    """Print a line on standard output, flushed now so that a failure shows here (the commands
+    and the demo print only through this)."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except OSError as exc:
+        raise OutputFailed(exc) from None
+
+
+def _err(text: str) -> None:
+    """Print a line on standard error; if even that fails, there is nobody left to tell."""
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and invisible formatting characters escaped (``\\x1b``,
+    ``\\u202e``, ...): safe to show on a terminal, and always one line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _show(value: Any) -> str:
+    """A claim's value as one printable line: strings as they are, lists space-separated,
+    anything else as compact JSON."""
+    import json
+
+    if isinstance(value, str):
+        return _printable(value)
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return _printable(" ".join(v if isinstance(v, str) else repr(v) for v in value))
+    try:
+        return _printable(json.dumps(value, separators=(",", ":")))
+    except (RecursionError, ValueError, TypeError):
+        return "(too deeply nested to show)"
 
 
 def _when(timestamp: Any) -> str:
-    if not isinstance(timestamp, (int, float)):
-        return "?"
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    """A Unix time as a UTC date, or the value itself marked as not a time (a string, NaN,
+    the year 3 billion)."""
+    import datetime
+
+    if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
+        try:
+            moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            pass
+        else:
+            return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{_show(timestamp)} (not a valid time)"
 
 
 def _cmd_profiles(args: argparse.Namespace) -> int:
@@ -35,7 +105,7 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
 
     names = profile_names(args.config)
     if not names:
-        print(f"no profiles in {config_path(args.config)}", file=sys.stderr)
+        _err(f"no profiles in {_printable(str(config_path(args.config)))}")
         return EXIT_OK
     rows = [("PROFILE", "FLOW", "TENANT", "CLIENT ID", "SCOPE")]
     broken: list[ConfigError] = []
@@ -47,25 +117,37 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
             rows.append((name, "(invalid: see below)", "-", "-", "-"))
             continue
         rows.append((name, p.flow, p.tenant or "-", p.client_id or "-", p.scope))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    shown = [[_printable(cell) for cell in row] for row in rows]
+    widths = [max(len(r[i]) for r in shown) for i in range(4)]
+    for row in shown:
+        out("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
     for error in broken:
-        print(f"authlayer: {error}", file=sys.stderr)
+        _err(f"authlayer: {_message(error)}")
     return EXIT_USAGE if broken else EXIT_OK
+
+
+def _bind(args: argparse.Namespace) -> Any:
+    """The profile named on the command line (else ``$AUTHLAYER_PROFILE``) with its overrides."""
+    from .provider import PROVIDER
+
+    if args.profile is None and not os.environ.get("AUTHLAYER_PROFILE"):
+        raise ConfigError(f"no profile given: name one (authlayer {args.command} PROFILE) or "
+                          "set $AUTHLAYER_PROFILE")
+    return PROVIDER.bind(args.profile, config=args.config, scope=args.scope, tenant=args.tenant)
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
     from .provider import PROVIDER
 
-    binding = PROVIDER.bind(args.profile, config=args.config, scope=args.scope,
-                            tenant=args.tenant)
+    binding = _bind(args)
     token = PROVIDER.get(binding, interactive=not args.no_prompt).token
     if args.json:
-        print(json.dumps({"access_token": token.token, "expires_on": token.expires_on,
-                          "token_type": token.token_type}))
+        import json
+
+        out(json.dumps({"access_token": token.token, "expires_on": token.expires_on,
+                         "token_type": token.token_type}))
     else:
-        print(token.token)
+        out(token.token)
     return EXIT_OK
 
 
@@ -77,72 +159,93 @@ def _summary(claims: dict[str, Any]) -> list[tuple[str, str]]:
         ("app id", claims.get("appid") or claims.get("azp")),
         ("subject", claims.get("upn") or claims.get("preferred_username")
          or claims.get("unique_name") or claims.get("oid")),
-        ("roles", " ".join(claims["roles"]) if isinstance(claims.get("roles"), list) else None),
+        ("roles", claims.get("roles")),
         ("scopes", claims.get("scp")),
-        ("issued", _when(claims.get("iat")) if "iat" in claims else None),
-        ("expires", _when(claims.get("exp")) if "exp" in claims else None),
     ]
-    return [(k, str(v)) for k, v in rows if v]
+    shown = [(k, _show(v)) for k, v in rows if v]
+    shown += [(k, _when(claims[c])) for k, c in (("issued", "iat"), ("expires", "exp"))
+              if c in claims]
+    return shown
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from . import jwt
     from .provider import PROVIDER
 
-    binding = PROVIDER.bind(args.profile, config=args.config, scope=args.scope,
-                            tenant=args.tenant)
+    binding = _bind(args)
     profile = binding.profile
-    print(f"profile {profile.name!r}: flow {profile.flow}, configuration is valid")
+    out(f"profile {_printable(repr(profile.name))}: flow {profile.flow}, "
+         "configuration is valid")
     entry = PROVIDER.get(binding, interactive=not args.no_prompt)
-    print(f"token obtained (expires {_when(entry.token.expires_on)})")
+    out(f"token obtained (expires {_when(entry.token.expires_on)})")
     try:
         _header, claims = jwt.decode(entry.token.token)
-    except jwt.JWTError:
-        print("the token is not a JWT (opaque token); nothing to decode")
+    except (jwt.JWTError, RecursionError):
+        out("the token is not a JWT that can be shown (opaque token); nothing to decode")
         return EXIT_OK
     for key, value in _summary(claims):
-        print(f"  {key:<9} {value}")
+        out(f"  {key:<9} {value}")
     return EXIT_OK
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
+    import json
+
     from . import jwt
 
     text = args.token if args.token is not None else sys.stdin.read()
-    text = text.strip()
-    if text.lower().startswith("bearer "):
-        text = text[7:].strip()
+    words = text.split(None, 1)
+    if words and words[0].lower() == "bearer":  # pasted from a header
+        words = words[1:]
+    text = words[0].strip() if words else ""
+    if not text:
+        raise ConfigError("no token given: pass it as an argument or on standard input")
     try:
         header, claims = jwt.decode(text)
+        # ASCII JSON: every control character of a hostile claim comes out escaped.
+        shown = json.dumps({"header": header, "claims": claims}, indent=2, sort_keys=True)
     except jwt.JWTError as exc:
         raise ConfigError(f"cannot decode the token: {exc}") from None
-    print(json.dumps({"header": header, "claims": claims}, indent=2, sort_keys=True))
+    except RecursionError:
+        raise ConfigError("cannot decode the token: its JSON is nested too deeply") from None
+    except (TypeError, ValueError) as exc:  # keys of mixed types cannot be sorted
+        raise ConfigError(f"cannot show the token's claims: {exc}") from None
+    out(shown)
     for key, value in _summary(claims):
-        print(f"{key}: {value}", file=sys.stderr)
+        _err(f"{key}: {value}")
     return EXIT_OK
 
 
 def _cmd_login(args: argparse.Namespace) -> int:
     from .provider import PROVIDER
 
-    binding = PROVIDER.bind(args.profile, config=args.config, scope=args.scope,
-                            tenant=args.tenant)
+    binding = _bind(args)
     # Sign in anew (perhaps as someone else), even when a refresh token is kept; the kept
     # sign-in is replaced only if this one succeeds.
     entry = PROVIDER.login(binding)
     where = "the token cache file" if binding.profile.cache == "file" else "memory only"
-    print(f"signed in with profile {binding.profile.name!r}; token valid until "
-          f"{_when(entry.token.expires_on)} (kept in {where})", file=sys.stderr)
+    _err(f"signed in with profile {_printable(repr(binding.profile.name))}; token valid until "
+         f"{_when(entry.token.expires_on)} (kept in {where})")
     return EXIT_OK
 
 
 def _cmd_logout(args: argparse.Namespace) -> int:
     from .provider import PROVIDER
 
-    binding = PROVIDER.bind(args.profile, config=args.config, scope=args.scope,
-                            tenant=args.tenant)
-    PROVIDER.forget(binding)
-    print(f"forgot the cached tokens of profile {binding.profile.name!r}", file=sys.stderr)
+    binding = _bind(args)
+    name = _printable(repr(binding.profile.name))
+    prefix = binding.account_key + "|"
+    kept = any(k == binding.key or k.startswith(prefix) for k in list(PROVIDER.entries)) or (
+        PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key) is not None)
+    PROVIDER.forget(binding)  # also other scopes' tokens of the same sign-in, if any
+    if kept:
+        _err(f"forgot the cached tokens of profile {name}")
+    elif binding.profile.cache == "memory":
+        # Nothing outlives the process that got it: no other process has anything to forget.
+        _err(f"nothing to forget: profile {name} keeps its tokens in memory only "
+             '(cache = "memory"), for the life of the process that got them')
+    else:
+        _err(f"nothing to forget: no cached token or sign-in of profile {name}")
     return EXIT_OK
 
 
@@ -158,7 +261,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="profiles file (default: $AUTHLAYER_CONFIG, else the user config "
                         "folder's authlayer/profiles.toml)")
     with_profile = argparse.ArgumentParser(add_help=False, parents=[common])
-    with_profile.add_argument("profile", metavar="PROFILE", help="profile name")
+    with_profile.add_argument("profile", metavar="PROFILE", nargs="?",
+                              help="profile name (default: $AUTHLAYER_PROFILE)")
     with_profile.add_argument("--scope", help="override the profile's scope")
     with_profile.add_argument("--tenant", help="override the profile's tenant")
     no_prompt = argparse.ArgumentParser(add_help=False)
@@ -180,8 +284,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", parents=[with_profile, no_prompt],
                        help="validate a profile, get a token and show its claims (not the token)")
     p.set_defaults(func=_cmd_check)
-    p = sub.add_parser("decode", parents=[common],
+    p = sub.add_parser("decode",
                        help="decode a JWT offline (standard input when no argument)")
+    # Accepted so that scripts may pass --config to every command; decoding reads no profile,
+    # so it is not advertised.
+    p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("token", nargs="?", help="the token (default: read standard input)")
     p.set_defaults(func=_cmd_decode)
     p = sub.add_parser("login", parents=[with_profile], help="sign in now and keep the tokens")
@@ -204,16 +311,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a failure to write shows here, not at the interpreter's exit
+        return code
     except ConfigError as exc:
-        print(f"authlayer: {exc}", file=sys.stderr)
+        _err(f"authlayer: {_message(exc)}")
         return EXIT_USAGE
     except TokenError as exc:
-        print(f"authlayer: {exc}", file=sys.stderr)
+        _err(f"authlayer: {_message(exc)}")
         return EXIT_TOKEN
     except AuthLayerError as exc:
-        print(f"authlayer: {exc}", file=sys.stderr)
+        _err(f"authlayer: {_message(exc)}")
         return EXIT_TOKEN
     except KeyboardInterrupt:
-        print("authlayer: interrupted", file=sys.stderr)
+        _err("authlayer: interrupted")
         return 130
+    except OutputFailed as exc:
+        _drop_stdout()
+        if isinstance(exc.error, BrokenPipeError):  # the reader went away (| head): be quiet
+            return EXIT_PIPE
+        _err(f"authlayer: cannot write to standard output: {exc}")
+        return EXIT_TOKEN
+
+
+def _message(error: Exception) -> str:
+    """An error's message for the terminal: one line, options named as typed."""
+    text = str(error)
+    for phrase, option in _OPTION_NAMES:
+        text = text.replace(phrase, option)
+    return _printable(text)
+
+
+def _drop_stdout() -> None:
+    """Point standard output at the null device: Python flushes it once more at exit, and that
+    must not fail (and print a traceback) a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

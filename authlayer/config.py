@@ -731,11 +731,9 @@ class _Builder:
         try:
             hosts = HostPolicy.for_scopes(scopes, allowed_hosts)
         except NoHostError:
-            raise self.error(
-                "scope",
-                f"scope {' '.join(scopes)!r} names no host the token may be sent to: set "
-                'allowed_hosts to the hosts of the API, like allowed_hosts = ["api.example.com"]',
-            ) from None
+            # Sends the token nowhere, which is all get_token and the CLI need; EntraAuth, which
+            # attaches tokens, refuses such a profile (auth.py).
+            hosts = HostPolicy(())
         return Profile(
             name=self.name,
             flow=flow,

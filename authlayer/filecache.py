@@ -20,20 +20,21 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Iterator
-from typing import Any, Callable, ClassVar, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Optional, Union
 
-import filelock
 import platformdirs
 
 from . import _fileperms
 from .errors import AuthLayerError
 from .store import account_part, account_prefix, merge_account
 from .store import expires_on as _expires_on
+
+if TYPE_CHECKING:
+    import filelock
 
 __all__ = ["FILE_NAME", "FileStore", "default_path"]
 
@@ -231,7 +232,7 @@ class FileStore:
         self.folder = os.path.dirname(self.path)
         self.lock_path = self.path + ".lock"
         self._lock = threading.Lock()
-        self._file_lock = filelock.FileLock(self.lock_path, mode=0o600)
+        self._file_lock: Optional[filelock.FileLock] = None  # made by the first write
         self._snapshot: Optional[_Snapshot] = None
 
     @classmethod
@@ -382,8 +383,12 @@ class FileStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the cross-process lock (creating the folder first)."""
+        import filelock  # here, not at the top: loads take no lock, and the import is slow
+
         self._ensure_folder(create=True)
         self._check_lock_file()
+        if self._file_lock is None:  # (callers hold self._lock)
+            self._file_lock = filelock.FileLock(self.lock_path, mode=0o600)
         try:
             self._file_lock.acquire(timeout=LOCK_TIMEOUT, poll_interval=LOCK_POLL)
         except filelock.Timeout:
@@ -470,6 +475,8 @@ class FileStore:
         prefix = f".{os.path.basename(self.path)}."
         self._remove_stale_temporaries(prefix)
         tmp: Optional[str] = None
+        import tempfile
+
         try:
             fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.folder)
             with os.fdopen(fd, "wb") as file:

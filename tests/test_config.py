@@ -186,14 +186,6 @@ BAD: list[tuple[str, str, Optional[str], Optional[str], str]] = [
         "must not have a query",
     ),
     (
-        "scope-names-no-host",
-        f'[profiles.p]\nflow = "device_code"\nclient_id = "{CID}"\n'
-        'scope = "openid offline_access"\n',
-        "p",
-        "scope",
-        "names no host the token may be sent to: set allowed_hosts",
-    ),
-    (
         "unknown-flow",
         f'[profiles.p]\nflow = "client_credential"\nclient_id = "{CID}"\nscope = "{GRAPH}"\n',
         "p",

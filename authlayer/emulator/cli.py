@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import uuid
 from types import FrameType
 from typing import Optional
 
@@ -39,6 +40,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _problem(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with the options, in one line (``None``: nothing)."""
+    if not is_loopback(args.host):
+        return f"{args.host} is not a loopback address"
+    if not 0 <= args.port <= 65535:
+        return f"--port must be between 0 and 65535 (0 picks a free port), not {args.port}"
+    if args.tenant_id is not None:
+        try:
+            uuid.UUID(args.tenant_id)
+        except ValueError:
+            return ("--tenant-id must be a GUID, like 72f988bf-86f1-41af-91ab-2d7cd011db47, "
+                    f"not {args.tenant_id!r}")
+    return None
+
+
 def _interrupt(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
@@ -46,8 +62,9 @@ def _interrupt(signum: int, frame: Optional[FrameType]) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the emulator until Ctrl-C (or SIGTERM). Returns the exit status."""
     args = _parser().parse_args(argv)
-    if not is_loopback(args.host):
-        print(f"authlayer emulator: {args.host} is not a loopback address", file=sys.stderr)
+    problem = _problem(args)
+    if problem is not None:
+        print(f"authlayer emulator: {problem}", file=sys.stderr)
         return 2
     try:
         emu = Emulator(args.host, args.port, args.tls, tenant_id=args.tenant_id)
