@@ -184,11 +184,14 @@ def test_no_token_through_a_proxy_for_loopback_http(
     caplog.set_level(logging.DEBUG, "authlayer")
     answer = client.get(f"{emu.api_url}/things", EntraAuth(cc_profile))
     seen = proxy.seen  # type: ignore[attr-defined]
-    assert answer.status == 200 and answer.body == b"from the proxy"
-    assert len(seen) == 1 and "/things" in seen[0]["target"]
+    assert answer.status == 200
+    assert answer.body == b"from the proxy"
+    assert len(seen) == 1
+    assert "/things" in seen[0]["target"]
     assert "authorization" not in seen[0]
     assert emu.count("token") == 0  # nothing to attach, so no token was even fetched
-    assert "NO_PROXY" in caplog.text and "no token for http host '127.0.0.1'" in caplog.text
+    assert "NO_PROXY" in caplog.text
+    assert "no token for http host '127.0.0.1'" in caplog.text
 
 
 @pytest.mark.parametrize("exempt", ["127.0.0.1", "*", "localhost,127.0.0.1,::1"])
@@ -226,18 +229,19 @@ def test_a_pickled_session_holds_no_secret_and_no_token_and_still_works(
         assert secret.encode() not in data
         assert token.encode() not in data
         assert token.split(".")[2].encode() not in data
-    again = pickle.loads(pickle.dumps(session))
+    again = pickle.loads(pickle.dumps(session))  # noqa: S301 - our own bytes
     assert again.get(f"{emu.api_url}/things", timeout=10).status_code == 200
     # After the profile was forgotten too, it is read again from its file.
     PROVIDER.reset()
-    with httpx.Client(auth=pickle.loads(pickle.dumps(session.auth)), timeout=10) as h:
+    with httpx.Client(auth=pickle.loads(pickle.dumps(session.auth)),  # noqa: S301
+                      timeout=10) as h:
         assert h.get(f"{emu.api_url}/things").status_code == 200
 
 
 def test_a_pickled_entra_auth_keeps_its_arguments(emu: Emulator,
                                                   app_profile: Callable[..., str]) -> None:
     auth = EntraAuth(app_profile("p"), scope=emu.api_scope, tenant=emu.tenant_id)
-    again = pickle.loads(pickle.dumps(auth))
+    again = pickle.loads(pickle.dumps(auth))  # noqa: S301 - our own bytes
     assert repr(again) == repr(auth)
     assert again.binding.key == auth.binding.key
 
@@ -310,7 +314,8 @@ def test_httpx_sends_no_token_to_a_malformed_host(emu: Emulator,
     # The API is a stand-in; a token, if one were wanted, would come from the emulator.
     with httpx.Client(auth=EntraAuth("p"), transport=httpx.MockTransport(answer)) as h:
         assert h.get(url).status_code == 200
-    assert len(seen) == 1 and "authorization" not in seen[0].headers
+    assert len(seen) == 1
+    assert "authorization" not in seen[0].headers
 
 
 def test_an_idn_host_below_an_allowed_suffix_is_matched_in_its_ascii_form() -> None:
