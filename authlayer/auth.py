@@ -247,6 +247,15 @@ class EntraAuth(httpx.Auth):
         EntraAuth.__init__(self, profile, config=config, scope=scope, tenant=tenant,
                            prompt=state["prompt"])
 
+    def __copy__(self) -> EntraAuth:
+        # A copy stays in this process: unlike a pickle, it may keep the user assertion.
+        profile, config, scope, tenant = self._args
+        return EntraAuth(profile, config=config, scope=scope, tenant=tenant,
+                         user_assertion=self._user_assertion, prompt=self._prompt)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EntraAuth:
+        return self.__copy__()
+
     @property
     def binding(self) -> Binding:
         """The resolved profile (read on first use)."""

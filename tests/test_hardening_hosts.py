@@ -4,6 +4,7 @@ and malformed hosts in the allow-list, and a DEBUG line saying why a host got no
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import pickle
@@ -252,6 +253,14 @@ def test_an_entra_auth_with_a_user_assertion_is_not_pickled() -> None:
         pickle.dumps(auth)
     assert "user_assertion" in str(info.value)
     assert JWT not in str(info.value)
+
+
+def test_an_entra_auth_with_a_user_assertion_can_still_be_copied() -> None:
+    auth = EntraAuth("obo", scope="api://x/.default", user_assertion=JWT)
+    for again in (copy.copy(auth), copy.deepcopy(auth), copy.deepcopy([auth])[0]):
+        assert isinstance(again, EntraAuth)
+        assert repr(again) == repr(auth)
+        assert again._user_assertion == JWT
 
 
 # ------------------------------------------------------------------ item 9: the allow-list
