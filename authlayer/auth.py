@@ -11,13 +11,16 @@ again. A second 401 goes back to the caller as it came.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncGenerator, Generator
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import urlsplit
+from urllib.request import getproxies
 
 import httpx
 
+from .errors import ConfigError
 from .jwt import JWTError, b64url_decode
 from .profile import Profile
 from .provider import PROVIDER, Binding, CachedToken, PathArg, ScopeArg
@@ -25,12 +28,67 @@ from .provider import PROVIDER, Binding, CachedToken, PathArg, ScopeArg
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["EntraAuth", "claims_from_challenge"]
+__all__ = ["EntraAuth", "challenge_params", "claims_from_challenge"]
+
+log = logging.getLogger("authlayer")
 
 # Declares that this client handles claims challenges (Continuous Access Evaluation).
 CLIENT_CAPABILITIES = {"access_token": {"xms_cc": {"values": ["cp1"]}}}
 
-_PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+# A claims challenge is a few hundred characters; a longer header is not parsed at all.
+MAX_CHALLENGE = 8192
+
+# Each pattern matches one maximal run from a given position, with no choice to backtrack
+# into, and the scanner never goes back: parsing is linear in the header.
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_SPACE_RE = re.compile(r"[ \t]*")
+_TOKEN_RE = re.compile(r"[^\s,]*")
+_QUOTED_RE = re.compile(r'[^"\\]*')
+
+
+def _end(pattern: re.Pattern[str], text: str, pos: int) -> int:
+    """Where ``pattern``'s run starting at ``pos`` ends (``pos`` itself if there is none)."""
+    found = pattern.match(text, pos)
+    return found.end() if found else pos
+
+
+def challenge_params(header: str) -> dict[str, str]:
+    """The ``name=value`` parameters of a ``WWW-Authenticate`` header (names lower-cased,
+    quoted values unescaped; a later one of the same name wins). Linear in the header; a
+    parameter with an unterminated quoted value ends the parse."""
+    params: dict[str, str] = {}
+    i, n = 0, len(header)
+    while i < n:
+        name = _NAME_RE.match(header, i)
+        if name is None:
+            i += 1
+            continue
+        i = name.end()
+        j = _end(_SPACE_RE, header, i)
+        if j >= n or header[j] != "=":
+            continue
+        j = _end(_SPACE_RE, header, j + 1)
+        if j < n and header[j] == '"':
+            parts: list[str] = []
+            j += 1
+            while True:
+                run = _end(_QUOTED_RE, header, j)
+                parts.append(header[j:run])
+                if run >= n or (header[run] == "\\" and run + 1 >= n):
+                    return params  # unterminated: nothing after it can be trusted
+                if header[run] == '"':
+                    j = run + 1
+                    break
+                parts.append(header[run + 1])  # a quoted pair: the escaped character
+                j = run + 2
+            value = "".join(parts)
+        else:
+            end = _end(_TOKEN_RE, header, j)
+            value = header[j:end]
+            j = end
+        params[name.group().lower()] = value
+        i = j
+    return params
 
 
 def claims_from_challenge(header: Optional[str]) -> Optional[str]:
@@ -38,12 +96,16 @@ def claims_from_challenge(header: Optional[str]) -> Optional[str]:
     our client capabilities; ``None`` when the header is not such a challenge.
 
     A claims challenge is ``error="insufficient_claims"`` or ``error="invalid_token"`` with a
-    ``claims`` parameter holding base64url JSON (padding may be missing).
+    ``claims`` parameter holding base64url JSON (padding may be missing). A header over
+    :data:`MAX_CHALLENGE` characters is not one.
     """
     if not header or "claims" not in header:
         return None
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in _PARAM_RE.finditer(header)}
+    if len(header) > MAX_CHALLENGE:
+        log.debug("a WWW-Authenticate header of %d characters (over %d) is not read as a "
+                  "claims challenge", len(header), MAX_CHALLENGE)
+        return None
+    params = challenge_params(header)
     if params.get("error") not in ("insufficient_claims", "invalid_token"):
         return None
     encoded = params.get("claims")
@@ -70,6 +132,40 @@ def _origin(url: str) -> str:
     always gives a path (``https://host/?q``), so the netloc ends at the first slash."""
     end = url.find("/", url.find("://") + 3)
     return url if end < 0 else url[:end]
+
+
+def _requests_proxy(url: str) -> bool:
+    """Would ``requests`` send ``url`` through a proxy from the environment? Its own rules:
+    ``get_environ_proxies`` (``NO_PROXY`` included) and ``select_proxy``, as ``Session.request``
+    applies them with ``trust_env`` (the default)."""
+    from requests.utils import get_environ_proxies, select_proxy
+
+    return bool(select_proxy(url, get_environ_proxies(url)))
+
+
+def _httpx_proxy(scheme: str, host: str) -> bool:
+    """Would an ``httpx`` client with ``trust_env`` (the default) send a request to
+    ``scheme://host`` through a proxy from the environment? Erring towards yes: ``NO_PROXY``
+    exempts the host only with ``*`` or the host itself (``127.0.0.1``, ``localhost``, ``::1``),
+    which httpx honours too."""
+    proxies = getproxies()
+    if not (proxies.get(scheme) or proxies.get("all")):
+        return False
+    exempt = {entry.strip().lower() for entry in proxies.get("no", "").split(",")}
+    return "*" not in exempt and host not in exempt
+
+
+_PROXY_WHY = ("plain http to loopback is exempt from https only because it stays on this "
+              "machine, but the environment sends it through a proxy (HTTP_PROXY or ALL_PROXY); "
+              "add the host to NO_PROXY")
+
+
+def _no_token(binding: Binding, scheme: str, host: str, why: Optional[str]) -> None:
+    """Say once per profile and host, at DEBUG, why a request went without the token (host and
+    profile name only: the rest of a URL may hold a secret)."""
+    if binding.hosts.first_time(scheme, host, why or ""):
+        log.debug("profile %r: no token for %s host %r: %s", binding.profile.name, scheme, host,
+                  why or "not allowed")
 
 
 def _httpx_replayable(request: httpx.Request) -> bool:
@@ -119,8 +215,12 @@ class EntraAuth(httpx.Auth):
     ``scope`` and ``tenant`` override the profile's; ``user_assertion`` is the incoming token for
     flow ``on_behalf_of``; ``prompt`` shows sign-in instructions (device code, browser) instead of
     standard error. Constructing it does no I/O: the profile is read on the first request.
-    The token goes only to the profile's allowed hosts, over https (or http to loopback); other
-    requests pass untouched.
+    The token goes only to the profile's allowed hosts, over https (or http to loopback, unless
+    the environment would send that through a proxy); other requests pass untouched.
+
+    A pickled ``EntraAuth`` holds only its constructor's arguments, never a secret or a token:
+    the profile is read again where it is unpickled. One with a ``user_assertion`` (a token)
+    cannot be pickled.
     """
 
     def __init__(
@@ -147,6 +247,29 @@ class EntraAuth(httpx.Auth):
         )
         return f"EntraAuth({profile!r}{extra})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        if self._user_assertion is not None:
+            raise ConfigError(
+                "an EntraAuth with a user_assertion cannot be pickled: the assertion is a token; "
+                "pass it to the other process yourself and build the EntraAuth there",
+                profile=self._args[0], key="user_assertion",
+            )
+        return {"args": self._args, "prompt": self._prompt}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        profile, config, scope, tenant = state["args"]
+        EntraAuth.__init__(self, profile, config=config, scope=scope, tenant=tenant,
+                           prompt=state["prompt"])
+
+    def __copy__(self) -> EntraAuth:
+        # A copy stays in this process: unlike a pickle, it may keep the user assertion.
+        profile, config, scope, tenant = self._args
+        return EntraAuth(profile, config=config, scope=scope, tenant=tenant,
+                         user_assertion=self._user_assertion, prompt=self._prompt)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> EntraAuth:
+        return self.__copy__()
+
     @property
     def binding(self) -> Binding:
         """The resolved profile (read on first use)."""
@@ -166,10 +289,29 @@ class EntraAuth(httpx.Auth):
         verdict = self._origins.get(origin)
         if verdict is None:
             split = urlsplit(origin)
-            verdict = self.binding.hosts.allows(split.scheme, split.hostname or "")
+            scheme, host = split.scheme, split.hostname or ""
+            hosts = self.binding.hosts
+            verdict = hosts.allows(scheme, host)
+            if not verdict:
+                _no_token(self.binding, scheme, host, hosts.refusal(scheme, host))
             if len(self._origins) < 4096:
                 self._origins[origin] = verdict
+        # Plain http is loopback here; the environment may change, so ask every time.
+        if verdict and url.startswith("http:") and _requests_proxy(url):
+            _no_token(self.binding, "http", urlsplit(url).hostname or "", _PROXY_WHY)
+            return False
         return verdict
+
+    def _httpx_allowed(self, binding: Binding, url: httpx.URL) -> bool:
+        scheme, host = url.scheme, url.raw_host.decode("ascii", "replace")
+        if binding.hosts.allows(scheme, host):
+            if scheme != "http" or not _httpx_proxy(scheme, host):
+                return True
+            why: Optional[str] = _PROXY_WHY
+        else:
+            why = binding.hosts.refusal(scheme, host)
+        _no_token(binding, scheme, host, why)
+        return False
 
     def _token(self) -> CachedToken:
         binding = self.binding
@@ -184,9 +326,8 @@ class EntraAuth(httpx.Auth):
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
         """httpx (sync): attach the token; after a 401, refresh and resend once."""
-        url = request.url
         binding = self._binding or self.binding
-        if not binding.hosts.allows(url.scheme, url.host):
+        if not self._httpx_allowed(binding, request.url):
             yield request
             return
         entry = PROVIDER.entries.get(binding.key)
@@ -208,14 +349,13 @@ class EntraAuth(httpx.Auth):
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """httpx (async): the same, without ever blocking the event loop."""
-        url = request.url
         binding = self._binding
         if binding is None:  # first request: read the profile off the event loop
             profile, config, scope, tenant = self._args
             binding = self._binding = await PROVIDER.bind_async(
                 profile, config=config, scope=scope, tenant=tenant,
                 user_assertion=self._user_assertion)
-        if not binding.hosts.allows(url.scheme, url.host):
+        if not self._httpx_allowed(binding, request.url):
             yield request
             return
         entry = PROVIDER.entries.get(binding.key)

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from . import _fileperms
 from .errors import ConfigError
-from .hosts import HostPolicy, NoHostError, is_loopback
+from .hosts import HostPolicy, NoHostError, is_loopback, public_suffix_problem
 from .profile import DEFAULT_AUTHORITY, FLOWS, CertificateConfig, Profile, SecretSource
 
 if sys.version_info >= (3, 11):
@@ -1197,6 +1197,9 @@ class _Builder:
             raise bad("is not ASCII: give the host in its punycode (xn--) form")
         if not _HOST.fullmatch(host):
             raise bad("is not a host name")
+        problem = public_suffix_problem(host)
+        if problem:
+            raise bad(problem)
         return host
 
     def timeout(self) -> float:

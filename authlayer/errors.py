@@ -115,15 +115,35 @@ def hint_for(error: Optional[str], error_codes: Sequence[int]) -> Optional[str]:
     return None
 
 
-# A JWT, or a long run of base64-ish characters, in text that came from outside.
+# What redact() keeps of a longer text: a server's error description is a sentence or two, and
+# a huge one must not cost more than this to clean.
+REDACT_LIMIT = 4096
+# A run of the characters tokens and secrets are made of, with base64's padding after it.
+_RUN_RE = re.compile(r"([A-Za-z0-9+/_~.-]+)(={0,2})")
+_RUN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_~.-="
+# A JWT inside a short run (a long run is redacted whole).
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
-_LONG_RE = re.compile(r"[A-Za-z0-9+/_~.-]{40,}={0,2}")
+_LONG = 40
+
+
+def _redact_run(match: re.Match[str]) -> str:
+    run = match.group(1)
+    if len(run) >= _LONG:
+        return "[redacted]"
+    # Bounded: a short run costs at most _LONG² steps however the text is made.
+    return _JWT_RE.sub("[redacted]", run) + match.group(2)
 
 
 def redact(text: str) -> str:
-    """Remove anything that looks like a token or a long secret from text received from outside."""
-    text = _JWT_RE.sub("[redacted]", text)
-    return _LONG_RE.sub("[redacted]", text)
+    """Remove anything that looks like a token or a long secret from text received from outside.
+
+    Linear in the text, which is cut to :data:`REDACT_LIMIT` characters first (dropping a run
+    that the cut splits, so no head of a secret survives the cut).
+    """
+    if len(text) > REDACT_LIMIT:
+        size = len(text)
+        text = text[:REDACT_LIMIT].rstrip(_RUN_CHARS) + f"... (cut from {size} characters)"
+    return _RUN_RE.sub(_redact_run, text)
 
 
 class TokenError(AuthLayerError):

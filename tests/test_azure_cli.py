@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -124,7 +125,7 @@ class CliFolder:
 
 @pytest.fixture
 def cli_dir(emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliFolder:
-    folder = CliFolder(tmp_path / "azure", emu.url.split("://", 1)[1])
+    folder = CliFolder(tmp_path / "azure", "127.0.0.1")  # MSAL keeps the host, not the port
     monkeypatch.setenv("AZURE_CONFIG_DIR", str(folder.path))
     monkeypatch.setenv("PATH", str(tmp_path / "no-az-here"))  # `az` is never run by accident
     return folder
@@ -598,7 +599,7 @@ def test_non_family_client_id_is_told_it_cannot_use_the_cli_sign_in(
 def test_non_family_client_without_a_family_token_is_told_the_same(
         emu: Emulator, tmp_path: Path, profiles: Profiles) -> None:
     acct = Account("alice@contoso.com", "rt", emu.tenant_id)
-    cache = msal_cache([acct], emu.url.split("://", 1)[1])
+    cache = msal_cache([acct], "127.0.0.1")
     for entry in cache["RefreshToken"].values():
         entry.pop("family_id")
     state = azure_cli.CliState(str(tmp_path), cache, None,
@@ -711,3 +712,60 @@ def test_cache_identity_names_account_and_tenant_and_never_raises(
 
     monkeypatch.setattr(azure_cli, "read_state", broken)
     assert azure_cli.cache_identity(profile) == ""
+
+
+# ------------------------------------------------------------------ a cache MSAL itself wrote
+
+
+@pytest.fixture(scope="module")
+def tls_emu() -> Iterator[Emulator]:
+    """MSAL wants an https authority: an emulator of its own, over TLS."""
+    with Emulator(tls=True) as emu:
+        yield emu
+
+
+def _az_login_with_msal(emu: Emulator, folder: Path, username: str) -> None:
+    """Sign in as `az login --use-device-code` does — MSAL's PublicClientApplication with the
+    CLI's client id at `organizations` — and leave MSAL's own serialization of its token cache,
+    with the CLI's azureProfile.json, in `folder`."""
+    import msal  # the `test` extra
+    import requests
+
+    from authlayer.emulator.device import device_codes
+
+    http = requests.Session()
+    http.verify = emu.ca_file
+    cache = msal.SerializableTokenCache()
+    app = msal.PublicClientApplication(CLI, authority=f"{emu.url}/organizations",
+                                       instance_discovery=False, http_client=http,
+                                       token_cache=cache)
+    flow = app.initiate_device_flow(scopes=["https://management.core.windows.net//.default"])
+    device_codes(emu).approve(username=username)  # the person, at the other device
+    result = app.acquire_token_by_device_flow(flow)
+    http.close()
+    assert "access_token" in result, result.get("error_description")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "msal_token_cache.json").write_text(cache.serialize())
+    profile = {"installationId": str(uuid.uuid4()),
+               "subscriptions": [subscription(emu.tenant_id, username, default=True)]}
+    (folder / "azureProfile.json").write_text(json.dumps(profile), encoding="utf-8-sig")
+
+
+def test_a_cache_written_by_msal_for_an_authority_with_a_port_is_used(
+        tls_emu: Emulator, tmp_path: Path, profiles: Profiles,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    emu = tls_emu
+    username = f"ann-{uuid.uuid4().hex[:6]}@contoso.onmicrosoft.com"
+    emu.add_user(username)
+    folder = tmp_path / "azure"
+    _az_login_with_msal(emu, folder, username)
+    assert "127.0.0.1:" not in (folder / "msal_token_cache.json").read_text()  # MSAL's way
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(folder))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-az-here"))
+    monkeypatch.setenv("SSL_CERT_FILE", emu.ca_file)
+    before = emu.count("token")
+    token = get_token(_profile(emu, profiles))
+    assert emu.count("token") == before + 1  # one refresh-token redemption, no az
+    claims = _claims(token.token)
+    assert claims["preferred_username"] == username
+    assert claims["tid"] == emu.tenant_id

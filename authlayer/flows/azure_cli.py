@@ -182,9 +182,10 @@ def read_state(folder: Path) -> CliState:
 
 
 def _environments(profile: Profile) -> frozenset[str]:
-    """The cache ``environment`` values that belong to the profile's authority: its host (with
-    the port, if any), and every other name of that cloud's sign-in host."""
-    host = urlsplit(profile.authority).netloc.lower()
+    """The cache ``environment`` values that belong to the profile's authority: its host name
+    and every other name of that cloud's sign-in host. MSAL writes the authority's host name
+    without its port (``urlparse(token_endpoint).hostname``), so a port is no part of it."""
+    host = (urlsplit(profile.authority).hostname or "").lower()
     return next((names for names in _CLOUD_HOSTS if host in names), frozenset({host}))
 
 
