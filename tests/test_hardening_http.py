@@ -12,11 +12,12 @@ import json
 import os
 import select
 import socket
+import ssl
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import certifi
 import pytest
@@ -25,14 +26,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authlayer import AuthLayerError, TokenError, get_token, get_token_async, jwt
-from authlayer._http import MAX_BODY, HttpResponse, error_from_response, token_response
+from authlayer._http import (
+    MAX_BODY,
+    MAX_RETRY_AFTER,
+    HttpResponse,
+    Send,
+    Sleep,
+    error_from_response,
+    token_response,
+)
 from authlayer.emulator import Emulator
+from authlayer.emulator.tls import make_tls_files, server_context
 from authlayer.filecache import FileStore
 from authlayer.provider import PROVIDER
 from authlayer.store import expires_on
 
 from .conftest import Profiles
 from .test_azure_cli import FakeAz
+from .test_http_protocol import drive, resp
 
 Piece = tuple[bytes, float]  # bytes to send, and the pause before sending them
 Script = Callable[[], Iterable[Piece]]
@@ -43,11 +54,12 @@ class Scripted:
     answer piece by piece, pausing as told. It records each connection's end: ``"completed"``
     (the whole script was sent) or ``"dropped"`` (the client went away first)."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, tls: Optional[ssl.SSLContext] = None) -> None:
         self.script = script
+        self.tls = tls
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.outcomes: list[str] = []
         self.connections = 0
         self._ended = threading.Condition()
@@ -66,6 +78,8 @@ class Scripted:
     def _serve(self, conn: socket.socket) -> None:
         outcome = "dropped"
         try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             _read_request(conn)
             for data, pause in self.script():
                 if pause and _gone_within(conn, pause):
@@ -148,15 +162,16 @@ def _body_trickled() -> Iterator[Piece]:
     yield from _trickle(TOKEN_BODY)
 
 
-Servers = Callable[[Script], Scripted]
+Servers = Callable[..., Scripted]
 
 
 @pytest.fixture
 def servers() -> Iterator[Servers]:
+    """Makes :class:`Scripted` servers: ``servers(script, tls=None)``."""
     made: list[Scripted] = []
 
-    def make(script: Script) -> Scripted:
-        made.append(Scripted(script))
+    def make(script: Script, tls: Optional[ssl.SSLContext] = None) -> Scripted:
+        made.append(Scripted(script, tls))
         return made[-1]
 
     yield make
@@ -231,6 +246,33 @@ def test_timeout_is_a_deadline_for_a_server_that_trickles_its_answer(
     assert f"within timeout = {TIMEOUT:g} s" in message
     assert info.value.status is None
     # Every attempt was cut off by the client long before the trickle could finish.
+    outcomes = server.ended()
+    assert outcomes
+    assert set(outcomes) == {"dropped"}
+
+
+def test_retry_waits_of_one_request_add_up_to_at_most_a_minute() -> None:
+    # Each Retry-After is under the cap, but together they would pass it: the second 429 goes
+    # to the caller instead of a second 40 s wait.
+    actions, result = drive([resp(429, retry_after="40"), resp(429, retry_after="40"),
+                             resp(200)])
+    assert [type(a) for a in actions] == [Send, Sleep, Send]
+    assert sum(a.seconds for a in actions if isinstance(a, Sleep)) <= MAX_RETRY_AFTER
+    assert result.status == 429
+
+
+@pytest.mark.parametrize("runner", ["sync", "asyncio"])
+def test_timeout_is_a_deadline_over_tls_too(servers: Servers, profiles: Profiles,
+                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            runner: str) -> None:
+    (tmp_path / "tls").mkdir()
+    files = make_tls_files(tmp_path / "tls")
+    server = servers(_body_trickled, tls=server_context(files))
+    monkeypatch.setenv("SSL_CERT_FILE", str(files.ca_file))
+    name = _entra_profile(profiles, server.url, timeout=TIMEOUT)
+    with pytest.raises(TokenError) as info:
+        _get(runner, name)
+    assert f"within timeout = {TIMEOUT:g} s" in str(info.value)
     outcomes = server.ended()
     assert outcomes
     assert set(outcomes) == {"dropped"}
@@ -447,7 +489,8 @@ def test_a_cache_record_with_a_400_digit_time_is_set_aside_not_a_crash(
         assert get_token(other).expires_on < 10**11
 
 
-@pytest.mark.parametrize("value", [HUGE, -HUGE, 1e300, float("inf"), float("nan")])
+@pytest.mark.parametrize("value", [HUGE, -HUGE, 1e300, float("inf"), float("nan")],
+                         ids=["400-digits", "minus-400-digits", "1e300", "inf", "nan"])
 def test_a_cached_token_with_an_absurd_expiry_is_not_served(
         emu: Emulator, file_profile: str, value: float) -> None:
     first = get_token(file_profile)
