@@ -9,21 +9,25 @@ Three layers, from pure to I/O:
    becomes a :class:`~authlayer.token.TokenResult` or a :class:`~authlayer.errors.TokenError`,
    never a ``KeyError`` or ``JSONDecodeError``).
 3. Two thin drivers, :func:`run_sync` and :func:`run_async`, that carry out the actions with
-   ``httpx.Client`` / ``httpx.AsyncClient``. They honour ``HTTPS_PROXY``/``NO_PROXY`` (httpx's
-   ``trust_env``) and the CA-bundle variables ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``,
-   ``SSL_CERT_DIR`` and ``CURL_CA_BUNDLE``.
+   ``httpx.Client`` / ``httpx.AsyncClient``. Each attempt has a deadline (the request's
+   ``timeout``) for the whole exchange, however slowly the server trickles bytes, and its answer
+   is read incrementally up to :data:`MAX_BODY`. They honour ``HTTPS_PROXY``/``NO_PROXY``
+   (httpx's ``trust_env``), except for loopback hosts, and the CA-bundle variables
+   ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, ``SSL_CERT_DIR`` and ``CURL_CA_BUNDLE``.
 
 Nothing else in authlayer sends HTTP to Entra or to a managed identity endpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Generator, Mapping
@@ -33,6 +37,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import TokenError, redact
+from .hosts import is_loopback
 from .token import TokenResult
 
 if TYPE_CHECKING:  # imported where used: a token served from a cache needs none of them
@@ -60,7 +65,12 @@ T = TypeVar("T")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 4
 BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with jitter
-MAX_RETRY_AFTER = 60.0  # a longer Retry-After is not waited for: the answer goes to the caller
+# The waits between the attempts of one request add up to at most this: a Retry-After that would
+# go beyond is not waited for, the answer goes to the caller. With MAX_ATTEMPTS attempts of at most
+# `timeout` each, one request takes at most MAX_ATTEMPTS * timeout + MAX_RETRY_AFTER seconds.
+MAX_RETRY_AFTER = 60.0
+# An answer larger than this is not a token (Entra's are a few kB): refused, never read whole.
+MAX_BODY = 1024 * 1024
 REFRESH_MARGIN = 300  # refresh five minutes before expiry
 MAX_NUMBER = 10**11  # larger expiries or codes are not real (the year 5138): malformed
 USER_AGENT = f"authlayer/{__version__}"
@@ -86,11 +96,18 @@ class HttpRequest:
     what: str = "token request"
     proxy: bool = True
     """False: never through a proxy (managed identity endpoints: a proxy must not see their
-    secret header, and could not reach a link-local or loopback address anyway)."""
+    secret header, and could not reach a link-local or loopback address anyway). A loopback
+    host never goes through a proxy either way (see :attr:`via_proxy`)."""
 
     @property
     def host(self) -> str:
         return urlsplit(self.url).netloc
+
+    @property
+    def via_proxy(self) -> bool:
+        """Whether the environment's proxy may carry this request: never to a loopback host,
+        where plain http is allowed only because the traffic stays on this machine."""
+        return self.proxy and not is_loopback(urlsplit(self.url).hostname or "")
 
 
 @dataclass(frozen=True)
@@ -109,7 +126,7 @@ class HttpResponse:
         """The body as a JSON object, or ``None`` when it is anything else."""
         try:
             value = json.loads(self.content.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting: not ours
             return None
         return value if isinstance(value, dict) else None
 
@@ -119,9 +136,10 @@ class ConnectionFailed:
     """What the driver sends back when no usable answer came.
 
     ``kind`` says what happened: ``"connect"`` (refused, or no connection within the timeout),
-    ``"timeout"`` (connected, but no answer in time), ``"dropped"`` (the connection broke),
-    ``"tls"`` (the server's certificate is not trusted), ``"invalid"`` (a URL or answer that
-    cannot work). ``retry`` is false when trying again cannot help.
+    ``"timeout"`` (connected, but no complete answer in time), ``"dropped"`` (the connection
+    broke), ``"tls"`` (the server's certificate is not trusted), ``"invalid"`` (a URL or answer
+    that cannot work, an answer over :data:`MAX_BODY`). ``retry`` is false when trying again
+    cannot help.
     """
 
     reason: str
@@ -196,12 +214,14 @@ def send(
     ``request`` may be a function returning a flow that builds the request: it is called for
     every attempt, so that a client assertion is made anew (with a fresh ``jti``) each time.
     429 and the 5xx in ``request.retry_statuses`` and dropped connections are retried up to
-    ``request.max_attempts`` attempts in all, waiting ``Retry-After`` when given (up to
-    ``request.max_retry_after``) or an exponential backoff. Other answers return at once. When no
+    ``request.max_attempts`` attempts in all, waiting ``Retry-After`` when given or an exponential
+    backoff; the waits add up to at most ``request.max_retry_after`` (a Retry-After that would go
+    beyond is not waited for: that answer is returned). Other answers return at once. When no
     attempt got an answer, raises :class:`TokenError`.
     """
     build = None if isinstance(request, HttpRequest) else request
     attempt = 0
+    waited = 0.0
     while True:
         attempt += 1
         if build is not None:
@@ -218,6 +238,7 @@ def send(
                     error="connection_failed",
                 )
             delay = backoff(attempt)
+            waited += delay
             log.info("%s to %s: %s; retrying in %.1f s", request.what, request.host,
                      result.reason, delay)
             yield Sleep(delay)
@@ -227,8 +248,9 @@ def send(
         wait = _retry_after(result)
         if wait is None:
             wait = backoff(attempt)
-        elif wait > request.max_retry_after:
+        if waited + wait > request.max_retry_after:
             return result  # type: ignore[no-any-return]
+        waited += wait
         log.info("%s to %s: HTTP %d; retrying in %.1f s", request.what, request.host,
                  result.status, wait)
         yield Sleep(wait)
@@ -380,6 +402,44 @@ def token_response(
 
 _ssl_lock = threading.Lock()
 _ssl_cache: dict[tuple[Optional[str], ...], ssl.SSLContext] = {}
+# The CA-file variables, in the order they are honoured (requests' order: the first set wins).
+CA_FILE_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
+
+
+@dataclass(frozen=True)
+class CaBundle:
+    """The CA certificates the identity-service client trusts, and where that choice came from:
+    ``variable`` is the environment variable that named ``cafile`` (``None``: certifi's bundle,
+    or ``SSL_CERT_DIR`` alone), ``ignored`` the CA-file variables also set but not used."""
+
+    cafile: Optional[str]
+    capath: Optional[str]
+    variable: Optional[str]
+    ignored: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environment(cls) -> CaBundle:
+        env = os.environ
+        chosen = [name for name in CA_FILE_VARIABLES if env.get(name)]
+        variable = chosen[0] if chosen else None
+        return cls(env[variable] if variable else None, env.get("SSL_CERT_DIR") or None,
+                   variable, tuple(chosen[1:]))
+
+    def describe(self) -> str:
+        """Which bundle is used and why, for error messages: names paths, never contents."""
+        parts = []
+        if self.variable is not None:
+            text = f"{self.cafile} (from {self.variable}"
+            if self.ignored:
+                text += f", which wins over {' and '.join(self.ignored)}"
+            parts.append(text + ")")
+        if self.capath is not None:
+            parts.append(f"the folder {self.capath} (from SSL_CERT_DIR)")
+        if not parts:
+            import certifi
+
+            parts.append(f"certifi's bundle {certifi.where()} (no CA variable is set)")
+        return " and ".join(parts)
 
 
 def ssl_context() -> ssl.SSLContext:
@@ -388,23 +448,23 @@ def ssl_context() -> ssl.SSLContext:
     ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE`` or ``CURL_CA_BUNDLE`` (the first set) names a CA
     file, ``SSL_CERT_DIR`` a CA folder; otherwise certifi's bundle, like httpx and requests.
     """
-    env = os.environ
-    cafile = env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or env.get("CURL_CA_BUNDLE")
-    capath = env.get("SSL_CERT_DIR")
-    key = (cafile, capath)
+    bundle = CaBundle.from_environment()
+    key = (bundle.cafile, bundle.capath)
     with _ssl_lock:
         ctx = _ssl_cache.get(key)
         if ctx is None:
             import ssl
 
-            if cafile is None and capath is None:
+            cafile = bundle.cafile
+            if cafile is None and bundle.capath is None:
                 import certifi
 
                 cafile = certifi.where()
             try:
-                ctx = ssl.create_default_context(cafile=cafile, capath=capath)
+                ctx = ssl.create_default_context(cafile=cafile, capath=bundle.capath)
             except (OSError, ssl.SSLError) as exc:
-                raise TokenError(f"cannot load the CA bundle {cafile or capath}: {exc}") from None
+                raise TokenError(
+                    f"cannot load the CA bundle {bundle.describe()}: {exc}") from None
             _ssl_cache[key] = ctx
         return ctx
 
@@ -421,7 +481,16 @@ def _headers(request: HttpRequest) -> dict[str, str]:
     return headers
 
 
-def _failure(exc: Exception) -> ConnectionFailed:
+def _timed_out(req: HttpRequest, connected: bool) -> ConnectionFailed:
+    """The failure of an attempt that reached its deadline."""
+    if not connected:
+        return ConnectionFailed(f"no connection within timeout = {req.timeout:g} s",
+                                kind="connect")
+    return ConnectionFailed(
+        f"timed out: no complete answer within timeout = {req.timeout:g} s", kind="timeout")
+
+
+def _failure(exc: Exception, req: HttpRequest) -> ConnectionFailed:
     """What an httpx exception means for the retry policy."""
     import ssl
 
@@ -432,33 +501,114 @@ def _failure(exc: Exception) -> ConnectionFailed:
     cause: Optional[BaseException] = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
+            bundle = CaBundle.from_environment()
+            fix = bundle.variable or "SSL_CERT_FILE or REQUESTS_CA_BUNDLE"
             return ConnectionFailed(
-                f"the server's TLS certificate is not trusted ({redact(text)}); set "
-                "SSL_CERT_FILE or REQUESTS_CA_BUNDLE to a CA bundle that includes its issuer",
+                f"the server's TLS certificate is not trusted ({redact(text)}) by the CA "
+                f"bundle in use, {bundle.describe()}; set {fix} to a CA bundle that includes "
+                "its issuer",
                 retry=False, kind="tls",
             )
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return ConnectionFailed(reason, kind="connect")
     if isinstance(exc, httpx.TimeoutException):
-        return ConnectionFailed(reason, kind="timeout")
+        return _timed_out(req, connected=True)
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.DecodingError, httpx.InvalidURL)):
         return ConnectionFailed(reason, retry=False, kind="invalid")
     return ConnectionFailed(reason)
 
 
-def _build(client: Any, req: HttpRequest) -> Any:
+class _Body:
+    """An answer's body, collected chunk by chunk up to :data:`MAX_BODY`."""
+
+    def __init__(self, req: HttpRequest, headers: Any) -> None:
+        self.req = req
+        self.chunks: list[bytes] = []
+        self.size = 0
+        declared = headers.get("content-length", "")
+        self.too_large = declared.isdigit() and int(declared) > MAX_BODY
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; false once the body is over the limit (stop reading then)."""
+        self.size += len(chunk)
+        self.too_large = self.too_large or self.size > MAX_BODY
+        if not self.too_large:
+            self.chunks.append(chunk)
+        return not self.too_large
+
+    def failure(self) -> ConnectionFailed:
+        return ConnectionFailed(
+            f"the answer is larger than {MAX_BODY // 1024} kB, which no token answer is "
+            "(not read further)", retry=False, kind="invalid")
+
+    def answer(self, r: Any, started: float) -> HttpResponse:
+        response = HttpResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()},
+                                b"".join(self.chunks))
+        log.debug("%s %s -> HTTP %d in %.0f ms", self.req.method, self.req.host,
+                  response.status, (time.perf_counter() - started) * 1000)
+        return response
+
+
+class _Watchdog:
+    """The deadline of one blocking attempt.
+
+    httpx's timeouts bound each read and write, not the exchange: a server trickling one byte
+    at a time keeps a blocking request going for ever. When ``seconds`` pass before
+    :meth:`stop`, a timer shuts the connection's socket down, which ends whatever read or write
+    is blocked on it. The socket is learnt from httpcore's ``trace`` extension.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._done = False
+        self.connected = False
+        self.fired = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def trace(self, name: str, info: Mapping[str, Any]) -> None:
+        if not name.endswith((".connect_tcp.complete", ".start_tls.complete")):
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        with self._lock:
+            self.connected = True
+            if isinstance(sock, socket.socket):
+                self._sockets.append(sock)
+                if self.fired:
+                    _shut_down(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            for sock in self._sockets:
+                _shut_down(sock)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+
+
+def _shut_down(sock: socket.socket) -> None:
+    # socket.socket's own shutdown, not SSLSocket's (which also drops its TLS state under the
+    # reading thread's feet); a socket that is closed already raises OSError.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _build(client: Any, req: HttpRequest, trace: Callable[..., Any]) -> Any:
     """The httpx request for ``req`` (the same for the blocking and the async client)."""
     return client.build_request(req.method, req.url, data=req.form, params=req.params,
-                                headers=_headers(req), timeout=req.timeout)
-
-
-def _answer(req: HttpRequest, r: Any, started: float) -> HttpResponse:
-    response = HttpResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()},
-                            r.content)
-    log.debug("%s %s -> HTTP %d in %.0f ms", req.method, req.host, response.status,
-              (time.perf_counter() - started) * 1000)
-    return response
+                                headers=_headers(req), timeout=req.timeout,
+                                extensions={"trace": trace})
 
 
 def _new_client(cls: Any, proxy: bool) -> Any:
@@ -466,6 +616,63 @@ def _new_client(cls: Any, proxy: bool) -> Any:
     false, proxies from the environment are ignored (CA bundles still apply: ``verify`` is ours).
     """
     return cls(verify=ssl_context(), trust_env=proxy)
+
+
+def _exchange_sync(client: Any, req: HttpRequest) -> Union[HttpResponse, ConnectionFailed]:
+    """One attempt with blocking I/O, within ``req.timeout`` in all."""
+    import httpx
+
+    watchdog = _Watchdog(req.timeout)
+    started = time.perf_counter()
+    try:
+        request = _build(client, req, watchdog.trace)
+        watchdog.start()
+        r = client.send(request, stream=True)
+        try:
+            body = _Body(req, r.headers)
+            if not body.too_large:
+                for chunk in r.iter_bytes():
+                    if not body.add(chunk):
+                        break
+        finally:
+            r.close()  # before the whole body came: closes the connection
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return _timed_out(req, watchdog.connected) if watchdog.fired else _failure(exc, req)
+    finally:
+        watchdog.stop()
+    if watchdog.fired:  # even if something came: it may be cut short
+        return _timed_out(req, watchdog.connected)
+    return body.failure() if body.too_large else body.answer(r, started)
+
+
+async def _exchange_async(client: Any, req: HttpRequest) -> Union[HttpResponse, ConnectionFailed]:
+    """One attempt without blocking the event loop, within ``req.timeout`` in all."""
+    import anyio
+    import httpx
+
+    connected = False
+
+    async def trace(name: str, info: Mapping[str, Any]) -> None:
+        nonlocal connected
+        connected = connected or name.endswith(".connect_tcp.complete")
+
+    started = time.perf_counter()
+    try:
+        with anyio.fail_after(req.timeout):
+            r = await client.send(_build(client, req, trace), stream=True)
+            try:
+                body = _Body(req, r.headers)
+                if not body.too_large:
+                    async for chunk in r.aiter_bytes():
+                        if not body.add(chunk):
+                            break
+            finally:
+                await r.aclose()
+    except TimeoutError:
+        return _timed_out(req, connected)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return _failure(exc, req)
+    return body.failure() if body.too_large else body.answer(r, started)
 
 
 def run_sync(flow: Flow[T]) -> T:
@@ -479,15 +686,11 @@ def run_sync(flow: Flow[T]) -> T:
                     import httpx  # only now: a flow served from a cache sends nothing
 
                     req = action.request
-                    client = clients.get(req.proxy)
+                    client = clients.get(req.via_proxy)
                     if client is None:
-                        client = clients[req.proxy] = _new_client(httpx.Client, req.proxy)
-                    started = time.perf_counter()
-                    try:
-                        r = client.send(_build(client, req))
-                        result: Any = _answer(req, r, started)
-                    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                        result = _failure(exc)
+                        client = clients[req.via_proxy] = _new_client(httpx.Client,
+                                                                      req.via_proxy)
+                    result: Any = _exchange_sync(client, req)
                 elif isinstance(action, Sleep):
                     time.sleep(action.seconds)
                     result = None
@@ -521,18 +724,13 @@ async def run_async(flow: Flow[T]) -> T:
             try:
                 if isinstance(action, Send):
                     req = action.request
-                    client = clients.get(req.proxy)
+                    client = clients.get(req.via_proxy)
                     if client is None:
                         # Loading the CA bundle and building a client take tens of ms the
                         # first time: not on the event loop.
-                        client = clients[req.proxy] = await anyio.to_thread.run_sync(
-                            _new_client, httpx.AsyncClient, req.proxy, limiter=own_thread)
-                    started = time.perf_counter()
-                    try:
-                        r = await client.send(_build(client, req))
-                        result: Any = _answer(req, r, started)
-                    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                        result = _failure(exc)
+                        client = clients[req.via_proxy] = await anyio.to_thread.run_sync(
+                            _new_client, httpx.AsyncClient, req.via_proxy, limiter=own_thread)
+                    result: Any = await _exchange_async(client, req)
                 elif isinstance(action, Sleep):
                     await anyio.sleep(action.seconds)
                     result = None

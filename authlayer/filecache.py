@@ -30,7 +30,7 @@ import platformdirs
 
 from . import _fileperms
 from .errors import AuthLayerError
-from .store import account_part, account_prefix, merge_account
+from .store import account_part, account_prefix, is_time, merge_account
 from .store import expires_on as _expires_on
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ _READ_FLAGS: int = (
 )
 # Keys of a record that live under its account, not under its token key.
 _ACCOUNT_KEYS = ("refresh_token", "account")
+# Keys of a token record that hold a time (Unix seconds).
+_TIME_KEYS = ("expires_on", "refresh_on")
 
 Records = dict[str, dict[str, Any]]
 Stamp = tuple[int, int, int]  # (mtime_ns, size, inode) of the file the snapshot was read from
@@ -125,6 +127,12 @@ def _decode(raw: bytes) -> tuple[Records, Records]:
     for name, table in (("tokens", tokens), ("accounts", accounts)):
         if not isinstance(table, dict) or not all(isinstance(r, dict) for r in table.values()):
             raise _Corrupt(f"{name!r} is not a table of records")
+    for record in tokens.values():  # type: ignore[union-attr]  # checked just above
+        for name in _TIME_KEYS:
+            value = record.get(name)
+            # authlayer writes integers in range: anything else numeric is damage (or a plant)
+            if isinstance(value, (int, float)) and not is_time(value):
+                raise _Corrupt(f"a token record's {name} is not a valid time")
     return tokens, accounts  # type: ignore[return-value]  # checked just above
 
 

@@ -40,7 +40,7 @@ def b64url_decode(text: str) -> bytes:
 def _json_part(part: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(b64url_decode(part))
-    except (JWTError, ValueError, UnicodeDecodeError) as exc:
+    except (JWTError, ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting
         raise JWTError(f"the JWT's {what} is not base64url-encoded JSON") from exc
     if not isinstance(value, dict):
         raise JWTError(f"the JWT's {what} is not a JSON object")

@@ -26,6 +26,9 @@ __all__ = ["MemoryStore", "TokenStore", "merge_account"]
 # makes one key per incoming user assertion: a long-running API would otherwise grow unbounded.
 PRUNE_THRESHOLD = 1000
 MAX_RECORDS = 10000
+# A record's expires_on / refresh_on beyond this (the year 5138) is not a time: it was not written
+# by authlayer.
+MAX_TIME = 10**11
 
 
 class TokenStore(Protocol):
@@ -76,12 +79,18 @@ def account_prefix(account_key: str) -> str:
     return account_key + "|"
 
 
+def is_time(value: Any) -> bool:
+    """Whether ``value`` is a number that can be a record's time (finite, within
+    :data:`MAX_TIME`): a 400-digit integer is not, and would overflow a ``float``."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and -MAX_TIME <= value <= MAX_TIME)  # false for NaN too
+
+
 def expires_on(record: dict[str, Any]) -> float:
-    """The record's ``expires_on`` (seconds since the epoch); ``-inf`` when it has none."""
+    """The record's ``expires_on`` (seconds since the epoch); ``-inf`` when it has none (or
+    one that is not a time: such a record is dropped as expired)."""
     value = record.get("expires_on")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return float("-inf")
+    return float(value) if value is not None and is_time(value) else float("-inf")
 
 
 def account_part(record: dict[str, Any]) -> Optional[dict[str, Any]]:

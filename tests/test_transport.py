@@ -79,7 +79,7 @@ def test_timeout_applies_to_each_request(emu: Emulator,
     emu.inject("latency", count=10, seconds=1.0)
     with pytest.raises(TokenError) as info:
         get_token("slow")
-    assert "Timeout" in str(info.value)
+    assert "timed out" in str(info.value)
     assert info.value.status is None
 
 
@@ -146,6 +146,14 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_POST = _forward
 
+    def do_CONNECT(self) -> None:
+        """Remember a tunnel request and refuse it: nothing leaves this machine."""
+        assert isinstance(self.server, _Proxy)
+        self.server.seen.append(f"CONNECT {self.path}")
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def log_message(self, *args: Any) -> None:
         pass
 
@@ -161,11 +169,24 @@ def proxy() -> Iterator[_Proxy]:
     server.server_close()
 
 
-def test_proxy_environment_is_honoured(emu: Emulator, cc_profile: str, proxy: _Proxy,
+def test_proxy_environment_is_honoured(profiles: Profiles, proxy: _Proxy,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
-    assert get_token(cc_profile).token
-    assert any("/oauth2/v2.0/token" in p for p in proxy.seen)
+    # A remote authority goes through the proxy (which refuses the tunnel); loopback ones never
+    # do (tests/test_hardening_http.py).
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+    profiles.write("""
+        [profiles.remote]
+        flow = "client_credentials"
+        authority = "https://login.example.test"
+        tenant = "contoso.onmicrosoft.com"
+        client_id = "11111111-2222-3333-4444-555555555555"
+        client_secret = "x"
+        scope = "https://graph.microsoft.com/.default"
+    """)
+    with pytest.raises(TokenError):
+        get_token("remote")
+    assert proxy.seen
+    assert set(proxy.seen) == {"CONNECT login.example.test:443"}
 
 
 def test_no_proxy_is_honoured(emu: Emulator, cc_profile: str, proxy: _Proxy,

@@ -122,7 +122,7 @@ def _read_json(path: Path) -> Any:
     # utf-8-sig: the CLI on Windows writes azureProfile.json with a byte order mark
     try:
         return json.loads(path.read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting: not JSON to us
         _pause()
     return json.loads(path.read_bytes().decode("utf-8-sig"))
 
@@ -164,7 +164,7 @@ def read_state(folder: Path) -> CliState:
                 problem = "is not an MSAL token cache"
         except FileNotFoundError:
             problem = "does not exist"
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             problem = "is not plain JSON (encrypted?)"
         except OSError as exc:
             problem = f"cannot be read ({exc.strerror})"
@@ -173,7 +173,7 @@ def read_state(folder: Path) -> CliState:
         doc = _read_json(folder / PROFILE_FILE)
         if isinstance(doc, dict) and isinstance(doc.get("subscriptions"), list):
             subscriptions = tuple(s for s in doc["subscriptions"] if isinstance(s, dict))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         pass  # no subscriptions: the profile's username and tenant, or the cache, must do
     return CliState(str(folder), cache, problem, subscriptions)
 
@@ -485,7 +485,7 @@ def run_az(profile: Profile, why: str, cache_error: Optional[TokenError] = None
         )
     try:
         answer = json.loads(out.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         answer = None
     if not isinstance(answer, dict):
         raise TokenError("az account get-access-token printed something that is not a JSON "
