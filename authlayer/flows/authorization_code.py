@@ -36,8 +36,8 @@ from .._loopback import LoopbackListener
 from ..errors import TokenError, redact
 from ..token import TokenResult
 from . import FlowContext, endpoint
+from ._person import complete, show, sign_in_scope, silently_first
 from .client_auth import token_request
-from .refresh import complete, show, sign_in_scope, silently_first
 
 __all__ = ["SIGN_IN_TIMEOUT", "acquire", "pkce_pair"]
 
