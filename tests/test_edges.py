@@ -20,6 +20,8 @@ from authlayer import _browser, _process
 from authlayer._http import Call, call, run_sync
 from authlayer._loopback import Callback, LoopbackListener
 
+from .process_helpers import alive
+
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX programs and process groups")
 
 
@@ -27,18 +29,6 @@ def _program(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o755)
     return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state not in ("Z", "X")  # a zombie has stopped; only its parent's wait is missing
 
 
 # --------------------------------------------------------------------------- _process.which
@@ -141,11 +131,11 @@ wait
     pid = int(pid_file.read_text())
     try:
         give_up = time.monotonic() + 30  # the kill is sent; only its delivery is awaited
-        while _alive(pid) and time.monotonic() < give_up:
+        while alive(pid) and time.monotonic() < give_up:
             time.sleep(0.02)
-        assert not _alive(pid), "the program's child outlived the timeout"
+        assert not alive(pid), "the program's child outlived the timeout"
     finally:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, 9)
 
 
