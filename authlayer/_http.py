@@ -52,6 +52,7 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "Sleep",
+    "call",
     "run_async",
     "run_sync",
     "send",
@@ -172,6 +173,13 @@ class Call:
 
 Action = Union[Send, Sleep, Call]
 Flow = Generator[Action, Any, T]
+
+
+def call(fn: Callable[[], T]) -> Flow[T]:
+    """``result = yield from call(fn)``: :class:`Call` with ``fn``'s result typed as it returns
+    it, so that a flow needs no ``isinstance`` check on what the driver sent back."""
+    result: T = yield Call(fn)
+    return result
 
 
 # --------------------------------------------------------------------------- retry policy

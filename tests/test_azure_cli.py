@@ -27,6 +27,7 @@ from authlayer.flows import azure_cli
 from authlayer.provider import PROVIDER
 
 from .conftest import Client, Profiles
+from .process_helpers import alive as _alive
 
 CLI = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 # What `az login` asks for, as MSAL keeps it: sorted scopes, space-separated.
@@ -463,18 +464,6 @@ def test_az_tenant_argument_is_checked(profiles: Profiles) -> None:
         assert info.value.key == "tenant"
     assert azure_cli._az_arguments(replace(profile, tenant="contoso.com"))[-2:] == [
         "--tenant", "contoso.com"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state not in ("Z", "X")  # a zombie has stopped; only its parent's wait is missing
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")

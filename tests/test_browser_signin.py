@@ -22,12 +22,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from authlayer import EntraAuth, TokenError, get_token, jwt
+from authlayer import EntraAuth, TokenError, _browser, _loopback, get_token, jwt
 from authlayer._http import run_sync
+from authlayer._loopback import LoopbackListener
 from authlayer.emulator import Emulator
 from authlayer.emulator.authorize import authorize_controls
 from authlayer.flows import FlowContext, authorization_code
-from authlayer.flows.authorization_code import LoopbackListener
 from authlayer.provider import PROVIDER
 
 from .conftest import Client, Profiles
@@ -65,7 +65,7 @@ def _no_console_browser_check(request: pytest.FixtureRequest,
     """Tests that replace ``webbrowser.open`` must reach it also on a machine whose first
     browser is a console one (lynx, w3m): tests do not run on a terminal."""
     if "real_console_check" not in request.fixturenames:
-        monkeypatch.setattr(authorization_code, "_console_browser_first", lambda: False)
+        monkeypatch.setattr(_browser, "_console_browser_first", lambda: False)
 
 
 @pytest.fixture
@@ -220,16 +220,14 @@ class _RecordingSocket:
 def test_the_listener_port_is_exclusive_on_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     """On Windows SO_REUSEADDR would let another program take the port: the listener asks for
     SO_EXCLUSIVEADDRUSE there instead (checked here by recording the calls)."""
-    from authlayer.flows import authorization_code
-
-    monkeypatch.setattr(authorization_code.os, "name", "nt")
+    monkeypatch.setattr(_loopback.os, "name", "nt")
     monkeypatch.setattr(socket, "SO_EXCLUSIVEADDRUSE", 0x7FFF_FFFB, raising=False)
     sock = _RecordingSocket()
-    authorization_code._allow_quick_reuse(sock)  # type: ignore[arg-type]
+    _loopback._allow_quick_reuse(sock)  # type: ignore[arg-type]
     assert sock.options == [(socket.SOL_SOCKET, 0x7FFF_FFFB, 1)]
-    monkeypatch.setattr(authorization_code.os, "name", "posix")
+    monkeypatch.setattr(_loopback.os, "name", "posix")
     sock = _RecordingSocket()
-    authorization_code._allow_quick_reuse(sock)  # type: ignore[arg-type]
+    _loopback._allow_quick_reuse(sock)  # type: ignore[arg-type]
     assert sock.options == [(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)]
 
 
@@ -563,7 +561,7 @@ def test_no_redirection_when_standard_error_is_closed(tmp_path: Path) -> None:
     is, and nothing fails; a file that got descriptor 2 since is not written to."""
     other = tmp_path / "opened-later.txt"
     code = ("import os\n"
-            "from authlayer.flows.authorization_code import _stdout_to_stderr\n"
+            "from authlayer._browser import _stdout_to_stderr\n"
             f"later = open({str(other)!r}, 'w')\n"
             "assert later.fileno() == 2\n"
             "with _stdout_to_stderr():\n"
@@ -590,7 +588,7 @@ def test_a_console_browser_is_started_only_on_a_terminal(
     started = tmp_path / "lynx-started"
     lynx = _executable(tmp_path / "lynx", f'#!/bin/sh\necho "$1" > "{started}"\n')
     _use_browser_variable(monkeypatch, lynx)
-    monkeypatch.setattr(authorization_code, "_on_a_terminal", lambda: on_a_terminal)
+    monkeypatch.setattr(_browser, "_on_a_terminal", lambda: on_a_terminal)
     shown: list[str] = []
 
     def visit(message: str) -> None:  # the person opens the printed URL themselves

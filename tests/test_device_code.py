@@ -22,7 +22,7 @@ from authlayer.config import load_profile
 from authlayer.emulator import Emulator
 from authlayer.emulator.device import DEVICE_CODE_GRANT, DeviceCodes, device_codes
 from authlayer.emulator.users import revoke_refresh_tokens
-from authlayer.flows import FlowContext, device_code, refresh
+from authlayer.flows import FlowContext, _person, device_code
 from authlayer.provider import PROVIDER
 
 from .conftest import Client, Profiles
@@ -475,7 +475,7 @@ def test_cli_declined_sign_in_is_one_line_and_exit_1(emu: Emulator, device: Devi
 def test_an_async_prompt_is_not_awaited_but_the_instructions_are_shown(
         emu: Emulator, device: DeviceCodes, person: str, me: str,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(refresh, "_warned_async_prompt", False)
+    monkeypatch.setattr(_person, "_warned_async_prompt", False)
     called: list[str] = []
 
     async def prompt(message: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from authlayer import EntraAuth, TokenError, get_token, jwt
+from authlayer import EntraAuth, TokenError, _browser, get_token, jwt
 from authlayer._http import HttpResponse, Send
 from authlayer.emulator import Emulator
 from authlayer.emulator.authorize import authorize_controls
@@ -27,7 +27,7 @@ from authlayer.emulator.users import (
     require_mfa,
     revoke_refresh_tokens,
 )
-from authlayer.flows import FlowContext, authorization_code, device_code
+from authlayer.flows import FlowContext, device_code
 from authlayer.flows import password as password_flow
 from authlayer.flows import refresh_token as refresh_token_flow
 from authlayer.flows.password import PasswordFlowWarning
@@ -306,7 +306,7 @@ client_secret = {{ env = "MID_SECRET" }}
 """)
     device_codes(emu).interval = 0
     monkeypatch.setattr(device_code, "MIN_INTERVAL", 0.0)
-    monkeypatch.setattr(authorization_code, "_console_browser_first", lambda: False)
+    monkeypatch.setattr(_browser, "_console_browser_first", lambda: False)
     authorize_controls(emu).sign_in_as(person)
     browser = TestBrowser()
     monkeypatch.setattr(webbrowser, "open", browser)

@@ -13,8 +13,8 @@ and ``az login`` as someone else take effect at the next token. When the cache c
 service principal or a managed identity, it runs ``az account get-access-token`` instead
 (without a shell, from a system folder, with a timeout that stops its whole process tree).
 :func:`cache_identity` names the account and tenant that would be used, for the cache key. File
-reads and the ``az`` run are :class:`~authlayer._http.Call` actions; HTTP is
-:mod:`authlayer._http`'s.
+reads and the ``az`` run (:mod:`authlayer._process`) are :class:`~authlayer._http.Call` actions;
+HTTP is :mod:`authlayer._http`'s.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Generator, Mapping
@@ -35,7 +34,8 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from .. import jwt
-from .._http import Action, Call, HttpRequest, refresh_time, send, token_response
+from .._http import Action, HttpRequest, call, refresh_time, send, token_response
+from .._process import run, which
 from ..config import AZURE_CLI_CLIENT_ID
 from ..errors import TokenError, redact
 from ..profile import Profile
@@ -384,66 +384,7 @@ def _az_arguments(profile: Profile) -> list[str]:
 def find_az() -> Optional[str]:
     """The ``az`` command on ``PATH``, or ``None``. Only absolute ``PATH`` entries are searched:
     never the current folder (which Windows would search first)."""
-    if os.name == "nt":
-        extensions = [e for e in os.environ.get("PATHEXT", ".COM;.EXE;.BAT;.CMD").split(";")
-                      if e.lower() in (".exe", ".cmd", ".bat", ".com")]
-        names = ["az" + e.lower() for e in extensions]
-    else:
-        names = ["az"]
-    for entry in os.environ.get("PATH", "").split(os.pathsep):
-        entry = entry.strip().strip('"')
-        if not entry or not os.path.isabs(entry):
-            continue
-        for name in names:
-            candidate = os.path.join(entry, name)
-            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                return candidate
-    return None
-
-
-def _system_folder() -> str:
-    """Where az runs: a folder nobody plants files in, never the caller's current folder."""
-    if os.name == "nt":
-        return os.environ.get("SYSTEMROOT") or "C:\\Windows"
-    return "/"
-
-
-def _stop_tree(process: subprocess.Popen[bytes]) -> None:
-    """Stop az and everything it started (it runs Python, which may run more)."""
-    if os.name == "nt":
-        taskkill = os.path.join(_system_folder(), "System32", "taskkill.exe")
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run([taskkill, "/T", "/F", "/PID", str(process.pid)],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=10, check=False,
-                           cwd=_system_folder())
-    else:
-        with contextlib.suppress(OSError):
-            os.killpg(process.pid, signal.SIGKILL)  # its own session: see _run
-    with contextlib.suppress(OSError):
-        process.kill()
-
-
-def _run(args: list[str]) -> tuple[int, bytes, bytes]:
-    """Run az without a shell, with standard input closed, from a system folder, in its own
-    process group, for at most :data:`AZ_TIMEOUT` seconds (then its whole tree is stopped and
-    :class:`subprocess.TimeoutExpired` raised)."""
-    options: dict[str, Any] = {}
-    if os.name == "nt":
-        options["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)
-    else:
-        options["start_new_session"] = True
-    with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, cwd=_system_folder(), **options) as process:
-        try:
-            out, err = process.communicate(timeout=AZ_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _stop_tree(process)
-            # Something outside its tree may hold the pipes: then leave it.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.communicate(timeout=5)
-            raise
-        return process.returncode, out, err
+    return which("az")
 
 
 def run_az(profile: Profile, why: str, cache_error: Optional[TokenError] = None
@@ -466,7 +407,8 @@ def run_az(profile: Profile, why: str, cache_error: Optional[TokenError] = None
             tenant,
         )
     try:
-        status, out, err = _run([exe, "account", "get-access-token", "--output", "json", *args])
+        status, out, err = run([exe, "account", "get-access-token", "--output", "json", *args],
+                               timeout=AZ_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise TokenError(f"az account get-access-token did not finish within {AZ_TIMEOUT:g} s",
                          profile=profile.name, error="azure_cli_failed") from None
@@ -543,7 +485,7 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     """A token for the profile's scope from the Azure CLI's sign-in."""
     profile = ctx.profile
     folder = config_dir()
-    state: CliState = yield Call(lambda: read_state(folder))
+    state = yield from call(lambda: read_state(folder))
     choice: Optional[_Choice] = None
     cache_error: Optional[_NotSignedIn] = None
     if state.cache is None:
@@ -557,7 +499,7 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         why = (cache_error.reason if cache_error is not None
                else "it is signed in as a service principal or managed identity")
     if choice is None:
-        answer = yield Call(lambda: run_az(profile, why, cache_error))
+        answer = yield from call(lambda: run_az(profile, why, cache_error))
         return _from_az(profile, answer, ctx.clock())
     form = {
         "grant_type": "refresh_token",

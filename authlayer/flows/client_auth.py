@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Generator, Mapping
 from typing import Any, Union
 
-from .._http import Action, Call, HttpRequest, send, token_response
+from .._http import Action, HttpRequest, call, send, token_response
 from ..profile import Profile, Secret, SecretSource
 from ..token import TokenResult
 from . import FlowContext
@@ -31,9 +31,7 @@ def secret_of(source: SecretSource) -> Generator[Action, Any, Secret]:
     """Read a secret source, wrapped; files and commands off the event loop."""
     if source.kind in ("value", "env"):
         return source.secret()
-    value = yield Call(source.secret)
-    assert isinstance(value, Secret)
-    return value
+    return (yield from call(source.secret))
 
 
 def read_secret(source: SecretSource) -> Generator[Action, Any, str]:
@@ -64,8 +62,7 @@ def client_auth_fields(profile: Profile, token_url: str) -> Generator[Action, An
     if profile.client_secret is not None:
         return {"client_secret": (yield from secret_of(profile.client_secret))}
     if profile.certificate is not None:
-        assertion = yield Call(lambda: Secret(_certificate_assertion(profile, token_url)))
-        assert isinstance(assertion, Secret)
+        assertion = yield from call(lambda: Secret(_certificate_assertion(profile, token_url)))
         return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
     if profile.client_assertion is not None:
         return {"client_assertion_type": ASSERTION_TYPE,

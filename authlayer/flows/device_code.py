@@ -7,7 +7,7 @@ every ``interval`` seconds (never faster than :data:`MIN_INTERVAL`) by yielding
 ``authorization_pending`` keeps polling, ``slow_down`` adds five seconds, anything else ends the
 flow. The last poll is made at the code's deadline, so that an approval in the last interval is
 not lost. When the cache holds a refresh token from an earlier sign-in, that is tried first,
-silently (see :mod:`authlayer.flows.refresh`), except for a fresh sign-in
+silently (see :mod:`authlayer.flows._person`), except for a fresh sign-in
 (``ctx.fresh_sign_in``, ``authlayer login``).
 """
 
@@ -30,7 +30,7 @@ from .._http import (
 from ..errors import TokenError
 from ..token import TokenResult
 from . import FlowContext, endpoint
-from .refresh import complete, show, sign_in_scope, silently_first
+from ._person import complete, show, sign_in_scope, silently_first
 
 __all__ = ["DEFAULT_EXPIRES_IN", "DEFAULT_INTERVAL", "GRANT_TYPE", "MIN_INTERVAL", "acquire"]
 

@@ -14,8 +14,8 @@ from typing import Any
 from .._http import Action
 from ..token import TokenResult
 from . import FlowContext
+from ._person import complete
 from .client_auth import token_request
-from .refresh import complete
 
 __all__ = ["GRANT_TYPE", "acquire"]
 

@@ -21,8 +21,8 @@ from .._http import Action
 from ..profile import Profile
 from ..token import TokenResult
 from . import FlowContext
+from ._person import complete, sign_in_scope, silently_first
 from .client_auth import Form, secret_of, token_request
-from .refresh import complete, sign_in_scope, silently_first
 
 __all__ = ["PasswordFlowWarning", "acquire", "cache_identity"]
 

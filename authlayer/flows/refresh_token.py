@@ -22,8 +22,8 @@ from ..errors import TokenError
 from ..profile import Profile, Secret
 from ..token import TokenResult
 from . import FlowContext
+from ._person import redeem
 from .client_auth import secret_of
-from .refresh import redeem
 
 __all__ = ["REFUSED_TOKEN_CODES", "acquire"]
 
