@@ -113,10 +113,12 @@ def claims_from_challenge(header: Optional[str]) -> Optional[str]:
         return None
     try:
         claims = json.loads(b64url_decode(encoded))
+    except RecursionError:  # nested too deeply: no claims request of Entra's looks like that
+        return None
     except (JWTError, ValueError, UnicodeDecodeError):
         try:
             claims = json.loads(encoded)  # some servers send it as plain JSON
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(claims, dict):
         return None

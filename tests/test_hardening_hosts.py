@@ -56,6 +56,16 @@ def test_a_header_over_the_limit_is_not_a_claims_challenge() -> None:
     assert claims_from_challenge(just_under) is not None
 
 
+@pytest.mark.parametrize("encode", [lambda text: b64url_encode(text.encode()), lambda text: text],
+                         ids=["base64url", "plain JSON"])
+def test_a_claims_request_nested_too_deeply_is_not_a_claims_challenge(
+        encode: Callable[[str], str]) -> None:
+    deep = "[" * 3000 + "]" * 3000  # fits in the header limit, too deep for the JSON parser
+    header = f'Bearer error="insufficient_claims", claims="{encode(deep)}"'
+    assert len(header) <= MAX_CHALLENGE
+    assert claims_from_challenge(header) is None
+
+
 @pytest.mark.parametrize("piece", ["a", "a ", "a=", 'a="', 'a="\\"', "a=b,", "claims", "9a-",
                                    'error="insufficient_claims", claims'])
 def test_the_challenge_parser_is_linear_on_adversarial_headers(piece: str) -> None:
