@@ -141,10 +141,19 @@ def load_certificate(
         stamp, data = _read(where)
         # Kept wrapped (out of captured locals) until it is handed to the parser.
         password = config.password.secret() if config.password is not None else None
-        cert = _parse(data, password, where)
-        with _cache_lock:
-            _cache[key] = (stamp, cert)
-        return cert
+        try:
+            cert = _parse(data, password, where)
+        except ConfigError as exc:
+            error = exc
+        else:
+            with _cache_lock:
+                _cache[key] = (stamp, cert)
+            return cert
+    # The parser's frames, and those of the errors it caught, hold the file's bytes: for an
+    # unencrypted PEM, the private key. Raise its error without them (captured locals).
+    del data
+    error.__cause__ = error.__context__ = None
+    raise error.with_traceback(None)
 
 
 def _stamp(where: _Where) -> tuple[int, int, int, int]:

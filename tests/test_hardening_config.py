@@ -392,6 +392,37 @@ def test_a_wrong_certificate_password_stays_out_of_captured_locals(tmp_path: Pat
     assert "a-wrong-pfx-password" not in shown
 
 
+@pytest.mark.parametrize("broken", ["no certificate", "not RSA"])
+def test_an_unusable_certificate_file_keeps_its_private_key_out_of_captured_locals(
+        tmp_path: Path, broken: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from authlayer.certificate import load_certificate
+    from authlayer.profile import CertificateConfig
+
+    from .test_certificate import make_cert
+
+    if broken == "no certificate":
+        key: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        extra = b""
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        extra = make_cert(rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                          ).public_bytes(serialization.Encoding.PEM)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    path = tmp_path / "cred.pem"
+    path.write_bytes(pem + extra)
+    with pytest.raises(ConfigError, match=broken.split()[-1]) as info:
+        load_certificate(CertificateConfig(str(path)), profile="p", config_path=None)
+    shown = with_locals(info.value)
+    assert "where = " in shown  # the locals were captured
+    body = b"".join(pem.splitlines()[1:-1]).decode()
+    assert [line for line in body.split() if line[:40] in shown] == []
+    assert body[:40] not in shown
+
+
 # ------------------------------------------------------------------ item 8: two passwords
 
 
