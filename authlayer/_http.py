@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TypeVar, Union
 from urllib.parse import urlsplit
 
-from . import __version__
+from ._version import __version__
 from .errors import TokenError, redact
 from .token import TokenResult
 

@@ -29,6 +29,13 @@ from urllib.parse import urlsplit
 
 from . import _fileperms
 from .errors import ConfigError
+from .flows._workload_env import (
+    ENV_AUTHORITY_HOST,
+    ENV_CLIENT_ID,
+    ENV_FEDERATED_TOKEN_FILE,
+    ENV_TENANT_ID,
+)
+from .flows._workload_env import VARIABLES as _WORKLOAD_ENV
 from .hosts import HostPolicy, NoHostError, is_loopback
 from .profile import DEFAULT_AUTHORITY, FLOWS, CertificateConfig, Profile, SecretSource
 
@@ -63,13 +70,6 @@ CONFIG_FILENAME = "profiles.toml"
 # The Azure CLI's own public client: its refresh tokens are only good for this id.
 AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 
-# What the Kubernetes workload identity webhook (and azure-identity) use; flow
-# `workload_identity` takes from them what the profile leaves out, when the profile is loaded.
-ENV_TENANT_ID = "AZURE_TENANT_ID"
-ENV_CLIENT_ID = "AZURE_CLIENT_ID"
-ENV_FEDERATED_TOKEN_FILE = "AZURE_FEDERATED_TOKEN_FILE"
-ENV_AUTHORITY_HOST = "AZURE_AUTHORITY_HOST"
-_WORKLOAD_ENV = (ENV_TENANT_ID, ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_AUTHORITY_HOST)
 
 CLOUDS: dict[str, str] = {
     "public": DEFAULT_AUTHORITY,

@@ -24,6 +24,7 @@ from typing import Optional, Union
 from . import _fileperms
 from .errors import ConfigError
 from .hosts import HostPolicy
+from .registry import BUILTIN_FLOWS as FLOWS
 
 __all__ = [
     "DEFAULT_AUTHORITY",
@@ -37,18 +38,6 @@ __all__ = [
 log = logging.getLogger("authlayer")
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
-
-FLOWS = (
-    "client_credentials",
-    "device_code",
-    "authorization_code",
-    "refresh_token",
-    "on_behalf_of",
-    "password",
-    "managed_identity",
-    "workload_identity",
-    "azure_cli",
-)
 
 # Seconds a `command` secret source may run.
 COMMAND_TIMEOUT = 60.0
