@@ -1,152 +1,60 @@
-"""Finding, reading and validating the profiles file, and building :class:`Profile` values.
-
-This module is the one place that knows the profiles file (CONTRACT §3 and §4): where it is looked
-for (the ``config`` argument, ``$AUTHLAYER_CONFIG``, the user's config folder, never the working
-directory), its TOML layout, how ``[defaults]`` and ``extends`` are inherited, which keys each flow
-takes, and how secret sources are written. Every mistake becomes a :class:`ConfigError` that names
-the file, the profile and the key and never quotes a secret. Its only I/O is reading the file and
-checking that certificate files can be read: secrets are read later by :meth:`SecretSource.read`,
-certificates are parsed by :mod:`authlayer.certificate`. A parsed file is remembered per path,
-modification time and size, so loading a profile again costs one ``stat``.
+"""Building one profile: ``[defaults]`` < the profiles it ``extends`` < the profile < the call's
+overrides, checked key by key and as a whole against the flow's rules, into a :class:`Profile`.
+Every mistake becomes a :class:`ConfigError` that names the file, the profile and the key and never
+quotes a secret. Built profiles are remembered per file and per override.
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
-import re
 import stat
-import sys
-import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
-from . import _fileperms
-from .errors import ConfigError
-from .flows._workload_env import (
+from ..errors import ConfigError
+from ..flows._workload_env import (
     ENV_AUTHORITY_HOST,
     ENV_CLIENT_ID,
     ENV_FEDERATED_TOKEN_FILE,
     ENV_TENANT_ID,
 )
-from .flows._workload_env import VARIABLES as _WORKLOAD_ENV
-from .hosts import HostPolicy, NoHostError, is_loopback
-from .profile import DEFAULT_AUTHORITY, FLOWS, CertificateConfig, Profile, SecretSource
+from ..flows._workload_env import VARIABLES as _WORKLOAD_ENV
+from ..hosts import HostPolicy, NoHostError, is_loopback
+from ..profile import DEFAULT_AUTHORITY, FLOWS, CertificateConfig, Profile, SecretSource
+from ._find import ENV_PROFILE, PathArg, config_path
+from ._keys import (
+    _CLIENT,
+    _COMMON,
+    _CREDENTIALS,
+    _DOMAIN,
+    _ENTRA_HOSTS,
+    _GROUPS,
+    _GUID,
+    _HOST,
+    _KEY_ALIASES,
+    ASSERTION_ALGS,
+    CACHES,
+    CLOUDS,
+    DEFAULT_TIMEOUT,
+    KEYS,
+    MAX_TIMEOUT,
+    MULTI_TENANTS,
+    PROMPTS,
+    _control,
+    _one_of,
+    _short,
+    _suggest,
+    _type_name,
+)
+from ._layers import _File, _load_file, _lock
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.9 and 3.10 only
-    import tomli as tomllib
+__all__ = ["load_profile", "load_profiles", "profile_names", "workload_identity_for"]
 
-__all__ = [
-    "AZURE_CLI_CLIENT_ID",
-    "CLOUDS",
-    "ENV_AUTHORITY_HOST",
-    "ENV_CLIENT_ID",
-    "ENV_CONFIG",
-    "ENV_FEDERATED_TOKEN_FILE",
-    "ENV_PROFILE",
-    "ENV_TENANT_ID",
-    "KEYS",
-    "clear_cache",
-    "config_path",
-    "load_profile",
-    "load_profiles",
-    "profile_names",
-]
-
-PathArg = Union[str, os.PathLike[str]]
-
-ENV_CONFIG = "AUTHLAYER_CONFIG"
-ENV_PROFILE = "AUTHLAYER_PROFILE"
-CONFIG_FILENAME = "profiles.toml"
-
-# The Azure CLI's own public client: its refresh tokens are only good for this id.
 AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
-
-
-CLOUDS: dict[str, str] = {
-    "public": DEFAULT_AUTHORITY,
-    "usgov": "https://login.microsoftonline.us",
-    "china": "https://login.partner.microsoftonline.cn",
-}
-
-# Microsoft's sign-in hosts: on these, a path in `authority` is a tenant put in the wrong key.
-_ENTRA_HOSTS = frozenset(
-    {
-        "login.microsoftonline.com",
-        "login.microsoftonline.us",
-        "login.partner.microsoftonline.cn",
-        "login.chinacloudapi.cn",
-        "login.microsoft.com",
-        "login.windows.net",
-    }
-)
-
-PROMPTS = ("login", "consent", "select_account", "none", "create")
-CACHES = ("memory", "file")
-ASSERTION_ALGS = ("PS256", "RS256")
-MULTI_TENANTS = ("organizations", "common", "consumers")
-MAX_TIMEOUT = 600.0
-DEFAULT_TIMEOUT = 30.0
-
-# Every key a profile may have, in the order they are checked.
-KEYS = (
-    "flow",
-    "tenant",
-    "client_id",
-    "scope",
-    "authority",
-    "cloud",
-    "client_secret",
-    "certificate",
-    "assertion_alg",
-    "client_assertion",
-    "refresh_token",
-    "username",
-    "password",
-    "redirect_port",
-    "login_hint",
-    "domain_hint",
-    "prompt",
-    "object_id",
-    "resource_id",
-    "allowed_hosts",
-    "cache",
-    "timeout",
-    "extends",
-)
-
-# Names people reach for that difflib would not match.
-_KEY_ALIASES = {
-    "cert": "certificate",
-    "secret": "client_secret",
-    "tenant_id": "tenant",
-    "app_id": "client_id",
-    "application_id": "client_id",
-    "scopes": "scope",
-    "resource": "scope",
-    "port": "redirect_port",
-    "authority_host": "authority",
-    "inherits": "extends",
-}
-
-_CREDENTIALS = ("client_secret", "certificate", "client_assertion")
-
-# Keys that stand for one setting: a layer that sets one of them replaces what farther layers set
-# for the whole group (a profile with a certificate extending one with a secret is not both).
-_GROUPS = (_CREDENTIALS, ("cloud", "authority"), ("client_id", "object_id", "resource_id"))
-
-_COMMON = frozenset({"flow", "scope", "authority", "cloud", "allowed_hosts", "cache", "timeout"})
-_CLIENT = frozenset({"tenant", "client_id", "assertion_alg", *_CREDENTIALS})
-
-
 @dataclass(frozen=True)
 class _FlowRules:
     keys: frozenset[str]  # the keys this flow takes (besides `extends`)
@@ -214,330 +122,14 @@ _RULES: dict[str, _FlowRules] = {
 }
 assert set(_RULES) == set(FLOWS)
 
-_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN = re.compile(rf"(?:{_LABEL}\.)+{_LABEL}", re.IGNORECASE)
-_HOST = re.compile(r"\.?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?", re.IGNORECASE)
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
 _DEFAULTS_ORIGIN = "set in [defaults]"
+
 
 # Built profiles remembered per file; more distinct scope/tenant overrides than this start over.
 _MEMO_LIMIT = 256
-# A profiles file larger than this is not one (and is not read into memory whole).
-MAX_FILE_BYTES = 16 * 1024 * 1024
+
 # How many profiles deep an `extends` chain may go.
 MAX_EXTENDS_DEPTH = 32
-
-
-# --------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _type_name(value: object) -> str:
-    """How a value's type is called in messages, in TOML's words."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, datetime):
-        return "a date-time"
-    if isinstance(value, date):
-        return "a date"
-    if isinstance(value, time):
-        return "a time"
-    return f"a {type(value).__name__}"
-
-
-def _suggest(word: str, choices: Iterable[str], aliases: Optional[Mapping[str, str]] = None) -> str:
-    """``"; did you mean 'x'?"`` for the nearest choice, or ``""``."""
-    choices = list(choices)
-    if aliases and word.lower() in aliases and aliases[word.lower()] in choices:
-        return f"; did you mean {aliases[word.lower()]!r}?"
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        close = [lowered[m] for m in difflib.get_close_matches(word.lower(), list(lowered), n=1)]
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _short(value: str, limit: int = 60) -> str:
-    """A value quoted for a message, cut short (used only for values that are not secrets)."""
-    return repr(value if len(value) <= limit else value[: limit - 1] + "…")
-
-
-def _control(value: str) -> Optional[str]:
-    """The first control character in ``value`` (but whitespace, which callers judge
-    themselves), as ``U+0000``; ``None`` if there is none. NUL and its kin have no place in a
-    URL, an id or a name, and may cut or bend what a C library or a server reads."""
-    for char in value:
-        if (char < " " or "\x7f" <= char <= "\x9f") and not char.isspace():
-            return f"U+{ord(char):04X}"
-    return None
-
-
-def _toml_key(name: str) -> str:
-    return name if _BARE_KEY.fullmatch(name) else '"' + name.replace('"', '\\"') + '"'
-
-
-def _one_of(choices: Iterable[str]) -> str:
-    return ", ".join(repr(c) for c in choices)
-
-
-# --------------------------------------------------------------------------------------------
-# Where the file is
-
-
-def _default_config_dir() -> Path:
-    if sys.platform.startswith("linux"):
-        xdg = os.environ.get("XDG_CONFIG_HOME", "")
-        # The XDG spec says a relative value is invalid and must be ignored.
-        base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".config"
-        return base / "authlayer"
-    import platformdirs  # only here: Linux needs no import
-
-    return Path(platformdirs.user_config_dir("authlayer", appauthor=False))
-
-
-def _resolve(config: Optional[PathArg]) -> tuple[Path, str]:
-    """The profiles file's absolute path, and how it was chosen (for messages)."""
-    if config is not None:
-        raw, how = os.fspath(config), "the config argument"
-        if not raw:
-            raise ConfigError("the config argument is empty: give the path of a profiles file")
-    elif os.environ.get(ENV_CONFIG):
-        raw, how = os.environ[ENV_CONFIG], f"${ENV_CONFIG}"
-    else:
-        return _default_config_dir() / CONFIG_FILENAME, "the default location"
-    return Path(os.path.abspath(os.path.expanduser(raw))), how
-
-
-def config_path(config: Optional[PathArg] = None) -> Path:
-    """The profiles file to use: ``config``, else ``$AUTHLAYER_CONFIG``, else ``profiles.toml``
-    in the user's config folder. Never the working directory; ``~`` is expanded and a relative
-    path is made absolute. The file need not exist."""
-    return _resolve(config)[0]
-
-
-# --------------------------------------------------------------------------------------------
-# Reading and memoising the file
-
-
-@dataclass
-class _File:
-    """A parsed profiles file whose top level has been checked; profiles are built on demand."""
-
-    path: str
-    defaults: dict[str, Any]
-    profiles: dict[str, dict[str, Any]]
-    built: dict[Any, Profile] = field(default_factory=dict)
-
-    @property
-    def directory(self) -> str:
-        return os.path.dirname(self.path)
-
-    def error(self, message: str, key: Optional[str] = None) -> ConfigError:
-        return ConfigError(message, path=self.path, key=key)
-
-
-_lock = threading.Lock()
-_files: dict[str, tuple[tuple[int, int, int], _File]] = {}
-
-
-def clear_cache() -> None:
-    """Forget every parsed profiles file (the next load reads the file again)."""
-    with _lock:
-        _files.clear()
-
-
-def _load_file(config: Optional[PathArg]) -> _File:
-    path, how = _resolve(config)
-    name = str(path)
-    try:
-        st = os.stat(name)
-    except (FileNotFoundError, NotADirectoryError):
-        raise ConfigError(
-            f"the profiles file does not exist (chosen by {how}). Create it with a "
-            "[profiles.NAME] table for each profile (see the profiles file format in the docs), "
-            f"or pass config= (--config) or set ${ENV_CONFIG} to use another file",
-            path=name,
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the profiles file: {exc.strerror}", path=name) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ConfigError(
-            f"the profiles file is a folder (chosen by {how}); give the path of a TOML file",
-            path=name,
-        )
-    # Checked on every load (the stat is there anyway): a chmod leaves the stamp as it was.
-    _check_trusted(name, st)
-    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-    with _lock:
-        cached = _files.get(name)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-    # Parsed outside the lock; a file changed meanwhile is caught by the next call's stat.
-    parsed = _parse(name)
-    with _lock:
-        _files[name] = (stamp, parsed)
-    return parsed
-
-
-def _check_trusted(path: str, st: os.stat_result) -> None:
-    """Refuse (POSIX) a profiles file that another user owns or may write to: it says where
-    secrets are sent and which commands run as the current user (CONTRACT §4). Root may own it
-    (a file in /etc); a mode of ``0644`` or ``0600`` is fine, ``0664`` or ``0666`` is not."""
-    found = _fileperms.problems(st, root_ok=True)
-    if found:
-        raise ConfigError(
-            f"refusing to use the profiles file: it is {' and '.join(found)}, so another user "
-            f"could change where secrets go and what commands run; {_fix(path, found)}",
-            path=path,
-        )
-
-
-def _check_folder(path: str) -> None:
-    """Refuse (POSIX) a profiles file whose folder another user owns or may write to (they
-    could replace the file). For a file reached through a symbolic link, the link's folder and
-    the real file's folder. Folders above those are not checked, as ssh does not."""
-    if not _fileperms.POSIX:
-        return
-    folders = dict.fromkeys((os.path.dirname(path), os.path.dirname(os.path.realpath(path))))
-    for folder in folders:
-        try:
-            st = os.stat(folder)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot check the profiles file's folder {folder}: {exc.strerror}", path=path
-            ) from None
-        found = _fileperms.problems(st, folder=True, root_ok=True)
-        if found:
-            raise ConfigError(
-                f"refusing to use the profiles file: its folder {folder} is "
-                f"{' and '.join(found)}, so another user could replace the file; "
-                f"{_fix(folder, found)}",
-                path=path,
-            )
-
-
-def _fix(path: str, problems: list[str]) -> str:
-    """What to run to make ``path`` safe."""
-    import shlex
-
-    quoted = shlex.quote(path)
-    steps = []
-    if any(p.startswith("owned") for p in problems):
-        steps.append(f"sudo chown $(id -un) {quoted}")
-    if any(p.startswith("writable") for p in problems):
-        steps.append(f"chmod go-w {quoted}")
-    return "fix it with: " + " && ".join(steps)
-
-
-def _open_nonblocking(path: str, flags: int) -> int:
-    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
-
-
-def _parse(path: str) -> _File:
-    """Read and parse the file, and check its top level (``[defaults]``, ``[profiles.*]``)."""
-    _check_folder(path)
-    try:
-        # Non-blocking: a FIFO put in the file's place must not hang us; refused just below.
-        with open(path, "rb", opener=_open_nonblocking) as handle:
-            st = os.fstat(handle.fileno())
-            # What is read is what was checked, even if the file was swapped since the stat.
-            _check_trusted(path, st)
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError("the profiles file is not a regular file", path=path)
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the profiles file: {exc.strerror or exc}", path=path
-        ) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError(
-            f"the profiles file is larger than {MAX_FILE_BYTES // (1 << 20)} MB: it is not a "
-            "profiles file",
-            path=path,
-        )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"the profiles file is not UTF-8 text (line {line})", path=path) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        if "line" not in message:  # "(at end of document)"
-            message += f" (line {text.count(chr(10)) + 1}, the last)"
-        raise ConfigError(f"not valid TOML: {message}", path=path) from None
-    except RecursionError:
-        raise ConfigError("not valid TOML: nested too deeply", path=path) from None
-    return _check_top_level(path, doc)
-
-
-def _check_top_level(path: str, doc: dict[str, Any]) -> _File:
-    for key, value in doc.items():
-        if key in ("defaults", "profiles"):
-            continue
-        if isinstance(value, dict):
-            if "flow" in value:
-                message = (
-                    f"unknown top-level table [{_toml_key(key)}]: "
-                    f"profiles go in [profiles.{_toml_key(key)}]"
-                )
-            else:
-                message = f"unknown top-level table [{_toml_key(key)}]" + _suggest(
-                    key, ("defaults", "profiles")
-                )
-        else:
-            message = (
-                f"unknown top-level key {key!r}: the file holds an optional [defaults] table "
-                "and [profiles.NAME] tables"
-            )
-        raise ConfigError(message, path=path, key=key)
-    defaults = doc.get("defaults", {})
-    if not isinstance(defaults, dict):
-        raise ConfigError(
-            f"defaults must be a table ([defaults]), not {_type_name(defaults)}",
-            path=path,
-            key="defaults",
-        )
-    for key in defaults:
-        if key == "extends":
-            raise ConfigError(
-                "extends cannot be set in [defaults]: set it in a profile", path=path, key=key
-            )
-        if key not in KEYS:
-            raise ConfigError(
-                f"unknown key {key!r} in [defaults]" + _suggest(key, KEYS, _KEY_ALIASES),
-                path=path,
-                key=key,
-            )
-    profiles = doc.get("profiles", {})
-    if not isinstance(profiles, dict):
-        raise ConfigError(
-            f"profiles must be tables ([profiles.NAME]), not {_type_name(profiles)}",
-            path=path,
-            key="profiles",
-        )
-    for name, table in profiles.items():
-        if not isinstance(table, dict):
-            raise ConfigError(
-                f"profiles.{_toml_key(name)} must be a table ([profiles.{_toml_key(name)}]), "
-                f"not {_type_name(table)}",
-                path=path,
-                profile=name,
-            )
-    return _File(path=path, defaults=defaults, profiles=profiles)
 
 
 # --------------------------------------------------------------------------------------------
