@@ -106,3 +106,22 @@ def test_importing_config_imports_no_flow() -> None:
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def test_every_key_of_the_table_lands_in_a_profile_field() -> None:
+    from dataclasses import fields
+
+    from authlayer.config._keys import TABLE
+    from authlayer.profile import Profile
+
+    names = {f.name for f in fields(Profile)}
+    for key in TABLE:
+        if key.parse is not None:
+            assert key.attribute in names, key.name
+
+
+def test_every_key_a_flow_takes_is_in_the_table() -> None:
+    from authlayer.config import KEYS
+
+    for name in registry.flow_names():
+        assert registry.flow(name).keys <= set(KEYS), name

@@ -15,7 +15,7 @@ from typing import Any, Optional
 from ..errors import ConfigError
 from ..profile import Profile
 from ._find import ENV_CONFIG, PathArg, _check_folder, _check_trusted, _resolve
-from ._keys import _KEY_ALIASES, KEYS, _suggest, _toml_key, _type_name
+from ._keys import ALIASES, KEYS, _suggest, _toml_key, _type_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,7 +35,10 @@ class _File:
     path: str
     defaults: dict[str, Any]
     profiles: dict[str, dict[str, Any]]
-    built: dict[Any, Profile] = field(default_factory=dict)
+    # (name, scope, tenant) -> the profile, and the environment variables it was built from
+    built: dict[Any, tuple[Profile, tuple[tuple[str, Optional[str]], ...]]] = field(
+        default_factory=dict
+    )
 
     @property
     def directory(self) -> str:
@@ -165,7 +168,7 @@ def _check_top_level(path: str, doc: dict[str, Any]) -> _File:
             )
         if key not in KEYS:
             raise ConfigError(
-                f"unknown key {key!r} in [defaults]" + _suggest(key, KEYS, _KEY_ALIASES),
+                f"unknown key {key!r} in [defaults]" + _suggest(key, KEYS, ALIASES),
                 path=path,
                 key=key,
             )

@@ -67,11 +67,13 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
 # The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
 # know about this flow.
 from ..schema import COMMON, FlowSpec  # noqa: E402 - kept next to the entry it declares
+from ._workload_env import prepare  # noqa: E402
 
 FLOW = FlowSpec(
     name="workload_identity",
     acquire=acquire,
     keys=COMMON | {"tenant", "client_id", "client_assertion"},
     credential="optional",
+    prepare=prepare,
     summary="a federated token the platform hands the workload (Kubernetes)",
 )
