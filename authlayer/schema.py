@@ -17,10 +17,9 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .profile import Profile
-
 if TYPE_CHECKING:
     from ._http import Action
+    from .profile import Profile
     from .token import TokenResult
 
 __all__ = [

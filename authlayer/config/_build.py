@@ -99,7 +99,7 @@ class _Builder:
         layers.append((self.file.profiles[self.name], ""))
         for table, origin in layers[1:]:
             for key in table:
-                if key not in KEYS:
+                if key not in KEYS and not _plugin_key(key, layers):
                     raise self.error(
                         key, f"unknown key {key!r}" + _suggest(key, KEYS, ALIASES), origin
                     )
@@ -108,9 +108,10 @@ class _Builder:
         for table, origin in layers:
             if "flow" in table:
                 flow_value = Value(table["flow"], origin)
-        names = registry.flow_names()
         if flow_value is None:
-            raise self.error("flow", "flow is missing: set flow = one of " + _one_of(names), "")
+            raise self.error(
+                "flow", "flow is missing: set flow = one of " + _one_of(registry.flow_names()), ""
+            )
         flow = flow_value.value
         if not isinstance(flow, str):
             raise self.error(
@@ -119,12 +120,15 @@ class _Builder:
         try:
             spec = registry.flow(flow)
         except LookupError:
+            names = registry.flow_names()
             raise self.error(
                 "flow",
                 f"unknown flow {_short(flow)}"
                 + (_suggest(flow, names) or "; flows are " + _one_of(names)),
                 flow_value.origin,
             ) from None
+        except ConfigError as exc:  # a plugin that cannot be loaded
+            raise self.error("flow", exc.reason, flow_value.origin) from None
 
         for table, origin in layers:
             from_defaults = origin == DEFAULTS_ORIGIN
@@ -161,11 +165,14 @@ class _Builder:
         fields = parse_values(v, spec)
         for key, value in prepared.items():
             fields.setdefault(key, value)
+        if spec.extra_keys:
+            fields["extras"] = tuple(parse_values(v, spec, spec.extra_keys).items())
 
         for key in spec.required:
             if key not in v:
+                row = BY_NAME.get(key) or next(k for k in spec.extra_keys if k.name == key)
                 raise self.error(
-                    key, f"{key} is missing: flow {spec.name!r} needs {BY_NAME[key].missing}", ""
+                    key, f"{key} is missing: flow {spec.name!r} needs {row.missing}", ""
                 )
         if "scopes" not in fields:
             raise self.error(
@@ -232,6 +239,17 @@ class _Builder:
                     "assertion_alg applies only with certificate: it chooses how the "
                     "certificate signs the client assertion",
                 )
+
+
+def _plugin_key(key: str, layers: list[tuple[dict[str, Any], str]]) -> bool:
+    """Whether ``key`` is one that the profile's plugin flow declares as its own."""
+    flow = next((table["flow"] for table, _ in reversed(layers) if "flow" in table), None)
+    if not isinstance(flow, str) or flow in registry.BUILTIN_FLOWS:
+        return False
+    try:
+        return registry.flow(flow).takes(key)
+    except (LookupError, ConfigError):
+        return False  # reported as such when the flow is looked at
 
 
 def _only_for(users: list[str]) -> str:

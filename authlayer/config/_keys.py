@@ -257,7 +257,7 @@ class Where:
         """A secret source (CONTRACT §4). Messages never quote the value: it may be the secret."""
         from ._sources import parse_secret
 
-        return parse_secret(value, self, key or self.key)
+        return parse_secret(value, self if key is None else Where(self.values, key, self.spec))
 
 
 # --------------------------------------------------------------------------------------------
