@@ -23,7 +23,7 @@ import logging
 import sys
 import threading
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Callable, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union, cast
 
 from .errors import AuthLayerError, ConfigError, TokenError, redact
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
     from ._http import Action
-    from .profile import Profile
     from .schema import FlowContext, FlowSpec, ReadContext, SecretSourceSpec
     from .token import TokenResult
 
@@ -50,6 +49,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("authlayer")
+_T = TypeVar("_T")
 
 # The built-in flows, in the order they are listed to people.
 BUILTIN_FLOWS = (
@@ -267,11 +267,12 @@ def _guarded_read(name: str, read: Callable[[Any, ReadContext], str]
     return guarded
 
 
-def _never_raises(identity: Callable[[Any], str]) -> Callable[[Any], str]:
-    def safe(ref: Any) -> str:
+def _never_raises(identity: Callable[[_T], str]) -> Callable[[_T], str]:
+    """``identity``, answering ``""`` instead of raising: a cache key never fails."""
+    def safe(arg: _T) -> str:
         try:
-            return str(identity(ref))
-        except Exception:  # a cache key never fails
+            return str(identity(arg))
+        except Exception:
             return ""
 
     return safe
@@ -298,7 +299,7 @@ def _wrap_flow(name: str, loaded: Any, ep: EntryPoint) -> FlowSpec:
                              else f"declares built-in keys as its own: {', '.join(clash)}"))
     identity = loaded.identity
     return replace(loaded, acquire=_guarded_acquire(name, loaded.acquire),
-                   identity=None if identity is None else _never_raises_profile(identity))
+                   identity=None if identity is None else _never_raises(identity))
 
 
 _Acquire = Callable[["FlowContext"], "Generator[Action, Any, TokenResult]"]
@@ -315,13 +316,3 @@ def _guarded_acquire(name: str, acquire: _Acquire) -> _Acquire:
                              profile=ctx.profile.name, error="plugin_failed") from None
 
     return guarded
-
-
-def _never_raises_profile(identity: Callable[[Profile], str]) -> Callable[[Profile], str]:
-    def safe(profile: Profile) -> str:
-        try:
-            return str(identity(profile))
-        except Exception:  # a cache key never fails
-            return ""
-
-    return safe

@@ -67,26 +67,19 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 # Small helpers
 
 
+# How TOML's types are called in messages; datetime before date, which it subclasses.
+_TYPE_NAMES: tuple[tuple[Any, str], ...] = (
+    (bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+    ((list, tuple), "a list"), (Mapping, "a table"), (datetime, "a date-time"),
+    (date, "a date"), (time, "a time"),
+)
+
+
 def _type_name(value: object) -> str:
     """How a value's type is called in messages, in TOML's words."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, datetime):
-        return "a date-time"
-    if isinstance(value, date):
-        return "a date"
-    if isinstance(value, time):
-        return "a time"
+    for types, name in _TYPE_NAMES:
+        if isinstance(value, types):
+            return name
     return f"a {type(value).__name__}"
 
 

@@ -140,13 +140,7 @@ def _read_file(ref: str, ctx: ReadContext) -> str:
         os.close(fd)
     if len(data) > MAX_SECRET_BYTES:
         raise _too_large(ctx, f"file {ref}")
-    try:
-        text = data.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise _error(ctx, f"cannot read file {ref}: not UTF-8 text") from None
-    if not text:
-        raise _error(ctx, f"file {ref} is empty")
-    return text
+    return _text(ctx, data, f"cannot read file {ref}: not UTF-8 text", f"file {ref} is empty")
 
 
 def _run(ref: tuple[str, ...], ctx: ReadContext) -> str:
@@ -200,12 +194,18 @@ def _run(ref: tuple[str, ...], ctx: ReadContext) -> str:
     if returncode != 0:
         # Its stderr is not shown: it may echo the secret.
         raise _error(ctx, f"command {shown!r} failed with exit status {returncode}")
+    return _text(ctx, data, f"command {shown!r} printed something that is not UTF-8",
+                 f"command {shown!r} printed nothing")
+
+
+def _text(ctx: ReadContext, data: bytes, not_utf8: str, empty: str) -> str:
+    """The secret in ``data``: UTF-8 text, trailing line breaks removed, not empty."""
     try:
         text = data.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
-        raise _error(ctx, f"command {shown!r} printed something that is not UTF-8") from None
+        raise _error(ctx, not_utf8) from None
     if not text:
-        raise _error(ctx, f"command {shown!r} printed nothing")
+        raise _error(ctx, empty)
     return text
 
 

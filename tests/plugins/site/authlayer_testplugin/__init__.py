@@ -9,7 +9,7 @@ from collections.abc import Generator
 from typing import Any
 
 from authlayer import registry
-from authlayer.schema import CLIENT, COMMON, FlowContext, FlowSpec, Key
+from authlayer.extend import CLIENT, COMMON, FlowContext, FlowSpec, Key
 
 # The secrets the `vault` source knows: a JSON object in this variable, path -> secret.
 VAULT_VARIABLE = "AUTHLAYER_TESTPLUGIN_VAULT"
