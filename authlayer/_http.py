@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 from urllib.parse import urlsplit
 
-from . import __version__
+from ._version import __version__
 from .errors import TokenError, redact
 from .hosts import is_loopback
 from .token import TokenResult

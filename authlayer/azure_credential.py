@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from . import registry
 from .provider import PROVIDER, Binding, CachedToken, PathArg
 from .token import AccessToken
 
@@ -26,8 +27,6 @@ class AccessTokenInfo:
     refresh_on: Optional[int] = None
 
 
-# Flows that have no tenant to choose: an SDK's tenant_id is ignored, as azure-identity does.
-_TENANTLESS = frozenset({"managed_identity"})
 
 
 def _info(entry: CachedToken) -> AccessTokenInfo:
@@ -46,7 +45,8 @@ class _Base:
     def _bind(self, scopes: tuple[str, ...], tenant_id: Optional[str],
               claims: Optional[str]) -> Binding:
         binding = PROVIDER.bind(self._profile, config=self._config, scope=scopes or None)
-        if tenant_id and binding.profile.flow not in _TENANTLESS and (
+        # A flow with no tenant to choose ignores an SDK's tenant_id, as azure-identity does.
+        if tenant_id and not registry.flow(binding.profile.flow).ignores_requested_tenant and (
             tenant_id.lower() != (binding.profile.tenant or "").lower()
         ):
             binding = PROVIDER.bind(self._profile, config=self._config, scope=scopes or None,

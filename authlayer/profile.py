@@ -14,16 +14,16 @@ import logging
 import os
 import secrets
 import stat
-import subprocess
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional
 
 from . import _fileperms
 from .errors import ConfigError
 from .hosts import HostPolicy
+from .registry import BUILTIN_FLOWS as FLOWS
+from .schema import ReadContext, SecretSourceSpec
 
 __all__ = [
     "DEFAULT_AUTHORITY",
@@ -37,18 +37,6 @@ __all__ = [
 log = logging.getLogger("authlayer")
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
-
-FLOWS = (
-    "client_credentials",
-    "device_code",
-    "authorization_code",
-    "refresh_token",
-    "on_behalf_of",
-    "password",
-    "managed_identity",
-    "workload_identity",
-    "azure_cli",
-)
 
 # Seconds a `command` secret source may run.
 COMMAND_TIMEOUT = 60.0
@@ -84,144 +72,46 @@ class Secret:
 
 @dataclass(frozen=True)
 class SecretSource:
-    """Where a secret comes from: the value itself, an environment variable, a file or a command.
+    """Where a secret comes from: the value itself, an environment variable, a file, a command,
+    or a secret source a plugin adds.
 
-    ``kind`` is ``"value"``, ``"env"``, ``"file"`` or ``"command"``; ``ref`` is the value, the
-    variable's name, the file's absolute path, or the program and its arguments. ``key``,
-    ``profile`` and ``path`` say where it was configured, for error messages.
+    ``kind`` is ``"value"``, ``"env"``, ``"file"``, ``"command"`` or a plugin's name; ``ref`` is
+    the value, the variable's name, the file's absolute path, the program and its arguments, or
+    what the profile wrote for a plugin. ``key``, ``profile`` and ``path`` say where it was
+    configured, for error messages. How each kind is read, shown and keyed is its
+    :class:`~authlayer.schema.SecretSourceSpec` (``spec``, else the built-in of that kind).
     """
 
     kind: str
-    ref: Union[str, tuple[str, ...]] = field(repr=False)
+    ref: Any = field(repr=False)
     key: str = ""
     profile: str = ""
     path: Optional[str] = None
+    spec: Optional[SecretSourceSpec] = field(default=None, compare=False, repr=False)
 
-    def _error(self, message: str) -> ConfigError:
-        return ConfigError(message, path=self.path, profile=self.profile or None, key=self.key)
+    def _spec(self) -> SecretSourceSpec:
+        if self.spec is not None:
+            return self.spec
+        from .registry import secret_source
+
+        try:
+            return secret_source(self.kind, plugins=False)
+        except LookupError:
+            raise ConfigError(f"unknown secret source kind {self.kind!r}", path=self.path,
+                              profile=self.profile or None, key=self.key) from None
 
     def read(self) -> str:
         """The secret, read now. Raises :class:`ConfigError` naming file, profile and key."""
-        if self.kind == "value":
-            assert isinstance(self.ref, str)
-            return self.ref
-        if self.kind == "env":
-            assert isinstance(self.ref, str)
-            value = os.environ.get(self.ref)
-            if value is None:
-                raise self._error(f"environment variable {self.ref} is not set")
-            if not value:
-                raise self._error(f"environment variable {self.ref} is empty")
-            return value
-        if self.kind == "file":
-            return self._read_file()
-        if self.kind == "command":
-            return self._run()
-        raise self._error(f"unknown secret source kind {self.kind!r}")
+        return self._spec().read(self.ref, ReadContext(self.profile, self.key, self.path))
 
     def secret(self) -> Secret:
         """:meth:`read`, wrapped so that the value does not show in reprs."""
         return Secret(self.read())
 
-    def _too_large(self, what: str) -> ConfigError:
-        return self._error(
-            f"{what} is larger than {MAX_SECRET_BYTES // 1024} KB: that is not a secret"
-        )
-
-    def _read_file(self) -> str:
-        assert isinstance(self.ref, str)
-        try:
-            # Non-blocking, so that a FIFO never hangs us (it is refused just below).
-            fd = os.open(self.ref, os.O_RDONLY | _NONBLOCK | getattr(os, "O_BINARY", 0))
-        except FileNotFoundError:
-            raise self._error(f"file {self.ref} does not exist") from None
-        except OSError as exc:
-            raise self._error(f"cannot read file {self.ref}: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise self._error(f"cannot read file {self.ref}: it is a folder")
-            if not stat.S_ISREG(st.st_mode):
-                # /dev/zero, a FIFO, a socket: endless, or blocking until someone writes.
-                raise self._error(
-                    f"cannot read file {self.ref}: it is not a regular file (a device, a pipe "
-                    "or a socket)"
-                )
-            if st.st_size > MAX_SECRET_BYTES:
-                raise self._too_large(f"file {self.ref}")
-            data = _read_at_most(fd, MAX_SECRET_BYTES + 1)  # st_size may be 0 (/proc) or wrong
-        except OSError as exc:
-            raise self._error(f"cannot read file {self.ref}: {exc.strerror}") from None
-        finally:
-            os.close(fd)
-        if len(data) > MAX_SECRET_BYTES:
-            raise self._too_large(f"file {self.ref}")
-        try:
-            text = data.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            raise self._error(f"cannot read file {self.ref}: not UTF-8 text") from None
-        if not text:
-            raise self._error(f"file {self.ref} is empty")
-        return text
-
-    def _run(self) -> str:
-        argv = list(self.ref) if isinstance(self.ref, tuple) else [self.ref]
-        shown = argv[0]
-        try:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                # Not shown (it may echo the secret), and not collected: it could be endless.
-                stderr=subprocess.DEVNULL,
-                # The profiles file's folder, like relative `file` sources: never the caller's.
-                cwd=os.path.dirname(self.path) if self.path else None,
-            )
-        except FileNotFoundError:
-            raise self._error(f"command {shown!r} was not found") from None
-        except OSError as exc:
-            raise self._error(f"command {shown!r} could not run: {exc.strerror}") from None
-        # Output is read as it comes, at most MAX_SECRET_BYTES + 1 (a command that prints
-        # without end is killed, not collected), by a thread, so that the timeout holds even
-        # when something the command started keeps its output open.
-        stdout = process.stdout
-        assert stdout is not None
-        output: list[bytes] = []
-        reader = threading.Thread(
-            # The thread holds `stdout` itself: its descriptor stays open while it reads.
-            target=lambda: output.append(_read_at_most(stdout.fileno(), MAX_SECRET_BYTES + 1)),
-            name="authlayer-secret-command",
-            daemon=True,
-        )
-        deadline = time.monotonic() + COMMAND_TIMEOUT
-        returncode: Optional[int] = None
-        try:
-            reader.start()
-            reader.join(COMMAND_TIMEOUT)
-            if output and len(output[0]) <= MAX_SECRET_BYTES:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    returncode = process.wait(max(0.0, deadline - time.monotonic()))
-        finally:
-            if process.poll() is None:  # too much, too slow, or interrupted (Ctrl-C)
-                process.kill()
-                process.wait()
-            if not reader.is_alive():
-                stdout.close()
-        data = output[0] if output else b""
-        if returncode is None and len(data) <= MAX_SECRET_BYTES:
-            raise self._error(f"command {shown!r} did not finish within {COMMAND_TIMEOUT:g} s")
-        if len(data) > MAX_SECRET_BYTES:
-            raise self._too_large(f"the output of command {shown!r}")
-        if returncode != 0:
-            # Its stderr is not shown: it may echo the secret.
-            raise self._error(f"command {shown!r} failed with exit status {returncode}")
-        try:
-            text = data.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            raise self._error(f"command {shown!r} printed something that is not UTF-8") from None
-        if not text:
-            raise self._error(f"command {shown!r} printed nothing")
-        return text
+    @property
+    def blocking(self) -> bool:
+        """Whether reading it does I/O (a file, a command): then it runs off the event loop."""
+        return self._spec().blocking
 
     @property
     def identity(self) -> str:
@@ -232,24 +122,17 @@ class SecretSource:
         tokens while the secret itself never enters a key, and a key seen elsewhere (a cache
         file, a Redis key name) cannot be checked against guessed secrets.
         """
-        if self.kind == "value":
-            assert isinstance(self.ref, str)
-            digest = hmac.new(installation_salt(), self.ref.encode(), hashlib.sha256)
-            return "value:" + digest.hexdigest()[:32]
-        if isinstance(self.ref, tuple):
-            return f"{self.kind}:" + "\x1f".join(self.ref)
-        return f"{self.kind}:{self.ref}"
+        return self._spec().identity(self.ref)
 
     def describe(self) -> str:
         """How the source is shown to people: never the value itself."""
-        if self.kind == "value":
-            return "<inline secret>"
-        if self.kind == "env":
-            return f"env {self.ref}"
-        if self.kind == "file":
-            return f"file {self.ref}"
-        argv = self.ref if isinstance(self.ref, tuple) else (self.ref,)
-        return "command " + " ".join(argv[:1])
+        return self._spec().describe(self.ref)
+
+
+def keyed_hash(text: str) -> str:
+    """``text`` hashed with this installation's salt: for cache keys that must not reveal it."""
+    digest = hmac.new(installation_salt(), text.encode(), hashlib.sha256)
+    return digest.hexdigest()[:32]
 
 
 SALT_FILE = "key-salt"
@@ -319,7 +202,7 @@ def _read_salt(path: str) -> Optional[bytes]:
         found = _fileperms.problems(st)
         if found or not stat.S_ISREG(st.st_mode):
             raise ValueError("it is " + (" and ".join(found) or "not a regular file"))
-        text = _read_at_most(fd, _SALT_HEX + 1).decode("ascii", "replace").strip()
+        text = read_at_most(fd, _SALT_HEX + 1).decode("ascii", "replace").strip()
     finally:
         os.close(fd)
     if len(text) != _SALT_HEX or any(c not in "0123456789abcdef" for c in text):
@@ -327,7 +210,7 @@ def _read_salt(path: str) -> Optional[bytes]:
     return bytes.fromhex(text)
 
 
-def _read_at_most(fd: int, limit: int) -> bytes:
+def read_at_most(fd: int, limit: int) -> bytes:
     """Up to ``limit`` bytes from ``fd``, until its end."""
     chunks: list[bytes] = []
     size = 0
@@ -387,6 +270,12 @@ class Profile:
     allowed_hosts: Optional[tuple[str, ...]] = None
     cache: str = "memory"
     timeout: float = 30.0
+    # A plugin flow's own keys (its spec's extra_keys), parsed: (name, value) pairs.
+    extras: tuple[tuple[str, Any], ...] = ()
+
+    def extra_key(self, name: str, default: Any = None) -> Any:
+        """The value of a plugin flow's own key ``name``, or ``default``."""
+        return dict(self.extras).get(name, default)
 
     @property
     def scope(self) -> str:

@@ -30,9 +30,10 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Optional, Union
 
+from . import registry
 from ._http import Action, Call, run_async, run_sync
 from .errors import AuthLayerError
-from .flows import FlowContext, default_prompt, load_flow
+from .flows import FlowContext, default_prompt
 from .hosts import HostPolicy
 from .profile import Profile
 from .store import MemoryStore, TokenStore
@@ -49,11 +50,6 @@ MIN_VALIDITY = 10
 # Past this many cache entries (many on-behalf-of users), expired ones are swept out.
 SWEEP_ABOVE = 1000
 
-# Flows whose tokens belong to whoever signs in with the profile: their keys name the profile.
-PERSON_FLOWS = frozenset({"device_code", "authorization_code", "refresh_token"})
-# Flows that may ask a person: one acquisition at a time per sign-in, whatever the scopes, so
-# that two scopes needed at once make one prompt (the second then uses the refresh token).
-PROMPTING_FLOWS = frozenset({"device_code", "authorization_code"})
 
 PathArg = Union[str, "os.PathLike[str]", None]
 ScopeArg = Union[str, Sequence[str], None]
@@ -111,14 +107,14 @@ class Binding:
             )
         who = [profile.username or "", profile.login_hint or "", profile.object_id or "",
                profile.resource_id or ""]
-        if profile.flow in PERSON_FLOWS:
+        if registry.flow(profile.flow).names_profile:
             # Two profiles of one app are two people's sign-ins: never share their tokens.
             who.append("profile:" + profile.name)
         if profile.refresh_token is not None:
             who.append("rt:" + _digest(profile.refresh_token.identity))
         if user_assertion:
             who.append("obo:" + _digest(user_assertion))
-        identity = getattr(load_flow(profile.flow), "cache_identity", None)
+        identity = registry.flow(profile.flow).identity
         if identity is not None:
             who.append(str(identity(profile)))  # e.g. the Azure CLI's signed-in account
         account = "|".join(_escape(part) for part in [
@@ -365,7 +361,7 @@ class Provider:
         )
         found = record = None  # it holds tokens: keep them out of a failing flow's locals
         try:
-            result = yield from load_flow(profile.flow).acquire(ctx)
+            result = yield from registry.flow(profile.flow).acquire(ctx)
         except AuthLayerError as exc:
             fallback = None
             if seen is not None and still_valid and not (force or claims or fresh_sign_in):
@@ -667,7 +663,8 @@ def _flight_key(key: str) -> str:
     """The single-flight key of a token key: the token key itself, or, for flows that may ask
     a person, the sign-in (the account key) — never a claims key's own."""
     flow = key.split("|", 1)[0]
-    if flow in PROMPTING_FLOWS and "|claims:" not in key:
+    # Flows that may ask a person: one acquisition per sign-in, whatever the scopes.
+    if registry.flow(flow).may_prompt and "|claims:" not in key:
         return "signin|" + key.rsplit("|", 1)[0]
     return key
 

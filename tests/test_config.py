@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from authlayer import config as configmod
 from authlayer.config import (
     AZURE_CLI_CLIENT_ID,
     KEYS,
+    _layers,
     clear_cache,
     config_path,
     load_profile,
@@ -1298,13 +1298,13 @@ def test_working_directory_is_never_searched(
 
 def count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    real = configmod._parse
+    real = _layers._parse
 
     def counting(path: str) -> Any:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(configmod, "_parse", counting)
+    monkeypatch.setattr(_layers, "_parse", counting)
     return calls
 
 

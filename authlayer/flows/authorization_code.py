@@ -160,3 +160,21 @@ def _redeem(
     }
     result = yield from token_request(ctx, form, what="authorization code token request")
     return complete(result, account=ctx.account)
+
+
+# The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
+# know about this flow.
+from ..schema import CLIENT, COMMON, FlowSpec  # noqa: E402 - kept next to the entry it declares
+
+FLOW = FlowSpec(
+    name="authorization_code",
+    acquire=acquire,
+    keys=COMMON | CLIENT | {"redirect_port", "login_hint", "domain_hint", "prompt"},
+    required=("client_id",),
+    credential="optional",
+    default_tenant="organizations",
+    file_cache=True,
+    names_profile=True,
+    may_prompt=True,
+    summary="a person signs in with the browser",
+)

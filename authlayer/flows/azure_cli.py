@@ -518,3 +518,20 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         raise _refused(profile, exc, choice) from None
     # The CLI's refresh token stays the source of truth: the new one is not kept.
     return replace(result, refresh_token=None, id_token=None)
+
+
+# The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
+# know about this flow.
+from ..schema import COMMON, FlowSpec  # noqa: E402 - kept next to the entry it declares
+
+FLOW = FlowSpec(
+    name="azure_cli",
+    acquire=acquire,
+    keys=COMMON | {"tenant", "client_id", "username"},
+    default_client_id=AZURE_CLI_CLIENT_ID,
+    # client_id names the CLI's client here, not the app registration [defaults] is about.
+    not_from_defaults=frozenset({"client_id"}),
+    file_cache=True,
+    identity=cache_identity,
+    summary="the Azure CLI's sign-in (az login)",
+)

@@ -21,3 +21,18 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     form = {"grant_type": "client_credentials", "client_id": profile.client_id,
             "scope": profile.scope}
     return (yield from token_request(ctx, form))
+
+
+# The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
+# know about this flow.
+from ..schema import CLIENT, COMMON, FlowSpec  # noqa: E402 - kept next to the entry it declares
+
+FLOW = FlowSpec(
+    name="client_credentials",
+    acquire=acquire,
+    keys=COMMON | CLIENT,
+    required=("client_id", "tenant"),
+    credential="one",
+    refused_tenants=("organizations", "common", "consumers"),
+    summary="an application signs in as itself (secret, certificate or assertion)",
+)

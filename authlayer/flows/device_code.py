@@ -170,3 +170,20 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
             interval += SLOW_DOWN_STEP
             log.debug("profile %r: the service asked to poll more slowly (every %.0f s)",
                       name, interval)
+
+
+# The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
+# know about this flow.
+from ..schema import COMMON, FlowSpec  # noqa: E402 - kept next to the entry it declares
+
+FLOW = FlowSpec(
+    name="device_code",
+    acquire=acquire,
+    keys=COMMON | {"tenant", "client_id"},
+    required=("client_id",),
+    default_tenant="organizations",
+    file_cache=True,
+    names_profile=True,
+    may_prompt=True,
+    summary="a person signs in on another device with a code",
+)

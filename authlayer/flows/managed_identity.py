@@ -35,16 +35,16 @@ from .._http import (
     send,
     token_response,
 )
-from ..config import (
+from ..errors import ConfigError, TokenError, redact
+from ..profile import Profile
+from ..token import TokenResult
+from . import FlowContext
+from ._workload_env import (
     ENV_CLIENT_ID,
     ENV_FEDERATED_TOKEN_FILE,
     ENV_TENANT_ID,
     workload_identity_for,
 )
-from ..errors import ConfigError, TokenError, redact
-from ..profile import Profile
-from ..token import TokenResult
-from . import FlowContext
 
 __all__ = ["IMDS_HOST", "Source", "acquire", "cache_identity", "choose_source", "resource_of"]
 
@@ -432,3 +432,22 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     result = token_response(response, profile=profile.name, now=now, what=WHAT)
     # Managed identity tokens live up to 24 h: refresh at half their life, as the SDKs do.
     return replace(result, refresh_on=int(now + max(0.0, result.expires_on - now) / 2))
+
+
+# The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
+# know about this flow.
+from ..schema import AtMostOne, FlowSpec  # noqa: E402 - kept next to the entry it declares
+
+FLOW = FlowSpec(
+    name="managed_identity",
+    acquire=acquire,
+    keys=frozenset({"flow", "scope", "allowed_hosts", "cache", "timeout",
+                    "client_id", "object_id", "resource_id"}),
+    at_most_one=(AtMostOne(("client_id", "object_id", "resource_id"),
+                           "pick the user-assigned identity"),),
+    # client_id names the identity here, not the app registration [defaults] is about.
+    not_from_defaults=frozenset({"client_id"}),
+    ignores_requested_tenant=True,
+    identity=cache_identity,
+    summary="the Azure host's identity (VM, App Service, Kubernetes, ...), no secret",
+)

@@ -36,3 +36,18 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     }
     result = yield from token_request(ctx, form, what="on-behalf-of token request")
     return complete(result)
+
+
+# The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
+# know about this flow.
+from ..schema import CLIENT, COMMON, FlowSpec  # noqa: E402 - kept next to the entry it declares
+
+FLOW = FlowSpec(
+    name="on_behalf_of",
+    acquire=acquire,
+    keys=COMMON | CLIENT,
+    required=("client_id", "tenant"),
+    credential="one",
+    needs_user_assertion=True,
+    summary="a web API trades a person's incoming token for one to call another API",
+)

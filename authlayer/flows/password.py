@@ -94,3 +94,20 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     }
     result = yield from token_request(ctx, form, what="password token request")
     return complete(result, account=ctx.account)
+
+
+# The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
+# know about this flow.
+from ..schema import CLIENT, COMMON, FlowSpec  # noqa: E402 - kept next to the entry it declares
+
+FLOW = FlowSpec(
+    name="password",
+    acquire=acquire,
+    keys=COMMON | CLIENT | {"username", "password"},
+    required=("client_id", "tenant", "username", "password"),
+    credential="optional",
+    refused_tenants=("common", "consumers"),
+    file_cache=True,
+    identity=cache_identity,
+    summary="a person's user name and password (discouraged; MFA breaks it)",
+)

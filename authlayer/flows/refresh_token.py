@@ -94,3 +94,19 @@ def _redeem_newest(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     if configured is None:
         configured = yield from secret_of(profile.refresh_token)
     return (yield from redeem(ctx, configured))
+
+
+# The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
+# know about this flow.
+from ..schema import CLIENT, COMMON, FlowSpec  # noqa: E402 - kept next to the entry it declares
+
+FLOW = FlowSpec(
+    name="refresh_token",
+    acquire=acquire,
+    keys=COMMON | CLIENT | {"refresh_token"},
+    required=("client_id", "tenant", "refresh_token"),
+    credential="optional",
+    file_cache=True,
+    names_profile=True,
+    summary="a refresh token from the profile, rotated in the cache",
+)

@@ -16,10 +16,10 @@ from collections.abc import Generator
 from typing import Any
 
 from .._http import Action
-from ..config import ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID
 from ..errors import ConfigError
 from ..token import TokenResult
 from . import FlowContext
+from ._workload_env import ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID
 from .client_auth import ASSERTION_TYPE, read_secret, token_request
 
 __all__ = ["acquire"]
@@ -62,3 +62,18 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         "client_assertion": assertion.strip(),
     }
     return (yield from token_request(ctx, form, authenticate=False))
+
+
+# The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
+# know about this flow.
+from ..schema import COMMON, FlowSpec  # noqa: E402 - kept next to the entry it declares
+from ._workload_env import prepare  # noqa: E402
+
+FLOW = FlowSpec(
+    name="workload_identity",
+    acquire=acquire,
+    keys=COMMON | {"tenant", "client_id", "client_assertion"},
+    credential="optional",
+    prepare=prepare,
+    summary="a federated token the platform hands the workload (Kubernetes)",
+)

@@ -1,0 +1,52 @@
+"""The surface a plugin package builds on (CONTRACT §10, ``docs/extending.md``).
+
+A plugin adds a secret source (entry point group ``authlayer.secret_sources``) or a flow
+(``authlayer.flows``). What it may use from authlayer is re-exported here, and only here is it
+promised to stay: the declarations (:class:`FlowSpec`, :class:`Key`, :class:`SecretSourceSpec`),
+what an acquisition gets (:class:`FlowContext`) and the actions a sans-I/O flow yields
+(:class:`Send`, :class:`Sleep`, :class:`Call`, with :func:`send` for the retry policy).
+"""
+
+from __future__ import annotations
+
+from ._http import Call, ConnectionFailed, HttpRequest, HttpResponse, Send, Sleep, send
+from .errors import AuthLayerError, ConfigError, TokenError
+from .profile import Profile, Secret, SecretSource
+from .schema import (
+    CLIENT,
+    COMMON,
+    AtMostOne,
+    FlowContext,
+    FlowSpec,
+    Key,
+    ReadContext,
+    SecretSourceSpec,
+    endpoint,
+)
+from .token import TokenResult
+
+__all__ = [
+    "CLIENT",
+    "COMMON",
+    "AtMostOne",
+    "AuthLayerError",
+    "Call",
+    "ConfigError",
+    "ConnectionFailed",
+    "FlowContext",
+    "FlowSpec",
+    "HttpRequest",
+    "HttpResponse",
+    "Key",
+    "Profile",
+    "ReadContext",
+    "Secret",
+    "SecretSource",
+    "SecretSourceSpec",
+    "Send",
+    "Sleep",
+    "TokenError",
+    "TokenResult",
+    "endpoint",
+    "send",
+]
