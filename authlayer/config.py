@@ -51,6 +51,7 @@ __all__ = [
     "load_profile",
     "load_profiles",
     "profile_names",
+    "with_tenant",
 ]
 
 PathArg = Union[str, os.PathLike[str]]
@@ -1135,6 +1136,19 @@ def workload_identity_for(profile: Profile) -> Profile:
         else DEFAULT_AUTHORITY
     return replace(profile, tenant=tenant, client_id=client_id, authority=authority,
                    client_assertion=builder.federated_token_file())
+
+
+def with_tenant(profile: Profile, tenant: Any) -> Optional[Profile]:
+    """``profile`` with a ``tenant=`` argument applied, checked as :func:`load_profile` checks
+    it, without reading the file again; ``None`` when the flow needs the full load (the tenant
+    does not apply to it, or comes from the environment)."""
+    rules = _RULES.get(profile.flow)
+    if rules is None or "tenant" not in rules.keys or profile.flow == "workload_identity":
+        return None
+    file = _File(path=profile.config_path or "", defaults={}, profiles={profile.name: {}})
+    builder = _Builder(file, profile.name)
+    builder.values["tenant"] = _Value(tenant, "from the tenant= argument")
+    return replace(profile, tenant=builder.tenant(tenant, profile.flow, rules))
 
 
 # --------------------------------------------------------------------------------------------
