@@ -1148,7 +1148,8 @@ def with_tenant(profile: Profile, tenant: Any) -> Optional[Profile]:
     file = _File(path=profile.config_path or "", defaults={}, profiles={profile.name: {}})
     builder = _Builder(file, profile.name)
     builder.values["tenant"] = _Value(tenant, "from the tenant= argument")
-    return replace(profile, tenant=builder.tenant(tenant, profile.flow, rules))
+    checked = builder.tenant(tenant, profile.flow, rules)
+    return replace(profile, tenant=tenant if checked == tenant else checked)  # share the string
 
 
 # --------------------------------------------------------------------------------------------

@@ -89,7 +89,10 @@ class CachedToken(NamedTuple):
 
     @classmethod
     def from_result(cls, result: TokenResult) -> CachedToken:
-        return cls(result.public(), result.refresh_on, f"Bearer {result.access_token}")
+        public = result.public()
+        if public.token_type == "Bearer":  # one shared string, not one per cached token
+            public = public._replace(token_type="Bearer")
+        return cls(public, result.refresh_on, f"Bearer {result.access_token}")
 
     def __repr__(self) -> str:
         return f"CachedToken({self.token!r}, refresh_on={self.refresh_on})"
@@ -190,6 +193,7 @@ class _Flight:
         self.result: Optional[CachedToken] = None
         self.error: Optional[BaseException] = None
         self._waiters: list[Callable[[], None]] = []
+        self._events: dict[object, Any] = {}  # event loop -> the event its tasks wait on
         self._lock = threading.Lock()
 
     def finish(self, result: Optional[CachedToken], error: Optional[BaseException]) -> None:
@@ -229,13 +233,31 @@ class _Flight:
         return self.result
 
     async def wait(self) -> None:
-        """Wait without blocking the event loop (asyncio or trio)."""
+        """Wait without blocking the event loop (asyncio or trio). The tasks of one event loop
+        share one event, so that the landing wakes each loop once, not each task."""
         import anyio
 
-        event = anyio.Event()
-        wake = _thread_safe_setter(event.set)
-        if self.add_waiter(wake):
-            await event.wait()
+        loop = _running_loop()
+        with self._lock:
+            if self.done.is_set():
+                return
+            event = self._events.get(loop)
+            if event is None:
+                event = self._events[loop] = anyio.Event()
+                self._waiters.append(_thread_safe_setter(event.set))
+        await event.wait()
+
+
+def _running_loop() -> object:
+    """The running asyncio loop, else trio's token (see :func:`_thread_safe_setter`)."""
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        import trio
+
+        return trio.lowlevel.current_trio_token()
 
 
 def _thread_safe_setter(set_event: Callable[[], None]) -> Callable[[], None]:
@@ -430,10 +452,13 @@ class Provider:
 
     def check_files(self) -> None:
         """Forget the bindings of every profiles file that changed (modification time, size
-        or inode) since it was read, so that the next call reads it again. The slow path calls
-        this; the hot path leaves it to the slow path at most once per
-        :data:`PROFILES_RECHECK` seconds."""
-        self.recheck_at = self.clock() + PROFILES_RECHECK
+        or inode) since it was read, so that the next call reads it again; at most once per
+        :data:`PROFILES_RECHECK` seconds. The slow path calls this; the hot path sends a call
+        down the slow path when it is time."""
+        now = self.clock()
+        if now < self.recheck_at:
+            return
+        self.recheck_at = now + PROFILES_RECHECK
         changed = [path for path, stamp in list(self._stamps.items())
                    if self._stamp(path) != stamp]
         if not changed:
