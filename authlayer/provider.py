@@ -747,7 +747,7 @@ class Provider:
         (raise :class:`~authlayer.errors.TokenError` instead)."""
         key, make = self._plan(binding, force, claims, prompt, interactive, _rejected)
         if not force:
-            entry = self._serve(key, make)
+            entry = self._serve(binding, key, claims)
             if entry is not None:
                 return entry
         return self._run(key, lambda: self._recheck(key, force, make), wait=force,
@@ -759,16 +759,16 @@ class Provider:
         """:meth:`get` for async code: never blocks the event loop."""
         key, make = self._plan(binding, force, claims, prompt, interactive, _rejected)
         if not force:
-            entry = self._serve(key, make)
+            entry = self._serve(binding, key, claims)
             if entry is not None:
                 return entry
         return await self._run_async(key, lambda: self._recheck(key, force, make), wait=force,
                                      need="forced" if force else "plain")
 
-    def _serve(self, key: str, make: Callable[[], Generator[Action, Any, CachedToken]],
-               ) -> Optional[CachedToken]:
+    def _serve(self, binding: Binding, key: str, claims: Optional[str]) -> Optional[CachedToken]:
         """The entry under ``key`` if it may be served now: fresh, or due for refresh but
-        still valid — then the refresh runs in the background and this caller goes on."""
+        still valid — then the refresh runs in the background (never asking a person) and
+        this caller goes on."""
         entry = self.entries.get(key)
         if entry is None:
             return None
@@ -777,7 +777,8 @@ class Provider:
             return entry
         if now >= entry.token.expires_on - MIN_VALIDITY:
             return None
-        self._refresh_in_background(key, make)
+        self._refresh_in_background(key, lambda: self._obtain(
+            binding, key=key, claims=claims, interactive=False))
         return entry
 
     def _refresh_in_background(self, key: str,
