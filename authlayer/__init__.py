@@ -24,13 +24,14 @@ __all__ = [
     "credential",
     "get_token",
     "get_token_async",
+    "reset",
 ]
 
 if TYPE_CHECKING:
     from .auth import EntraAuth
     from .azure_credential import credential
     from .errors import AuthLayerError, ConfigError, TokenError
-    from .provider import get_token, get_token_async
+    from .provider import get_token, get_token_async, reset
     from .token import AccessToken
 
 _LAZY = {
@@ -41,6 +42,7 @@ _LAZY = {
     "EntraAuth": "auth",
     "get_token": "provider",
     "get_token_async": "provider",
+    "reset": "provider",
     "credential": "azure_credential",
 }
 

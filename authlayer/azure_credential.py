@@ -45,16 +45,20 @@ class _Base:
     def _bind(self, scopes: tuple[str, ...], tenant_id: Optional[str],
               claims: Optional[str]) -> Binding:
         binding = PROVIDER.bind(self._profile, config=self._config, scope=scopes or None)
-        # A flow with no tenant to choose ignores an SDK's tenant_id, as azure-identity does.
-        if tenant_id and not registry.flow(binding.profile.flow).ignores_requested_tenant and (
-            tenant_id.lower() != (binding.profile.tenant or "").lower()
-        ):
+        if self._other_tenant(binding, tenant_id):
             binding = PROVIDER.bind(self._profile, config=self._config, scope=scopes or None,
                                     tenant=tenant_id)
         if claims:
             # The SDK asks with claims after a claims challenge: the plain token was refused.
             PROVIDER.drop_plain(binding)
         return binding
+
+    @staticmethod
+    def _other_tenant(binding: Binding, tenant_id: Optional[str]) -> bool:
+        profile = binding.base
+        # A flow with no tenant to choose ignores an SDK's tenant_id, as azure-identity does.
+        return bool(tenant_id) and not registry.flow(profile.flow).ignores_requested_tenant and (
+            str(tenant_id).lower() != (profile.tenant or "").lower())
 
     @staticmethod
     def _options(options: Optional[dict[str, Any]]) -> tuple[Optional[str], Optional[str]]:
@@ -94,10 +98,20 @@ class AsyncProfileCredential(_Base):
 
     async def _get(self, scopes: tuple[str, ...], claims: Optional[str],
                    tenant_id: Optional[str]) -> CachedToken:
-        import anyio.to_thread
-
-        # The first time, reading the profiles file happens off the event loop.
-        binding = await anyio.to_thread.run_sync(self._bind, scopes, tenant_id, claims)
+        if not claims and not tenant_id:  # the cached token: get_token_async's fast path
+            entry = PROVIDER.cached(self._profile, self._config, scopes or None, None, None)
+            if entry is not None:
+                return entry
+        # Bound once (the first time off the event loop, in one worker thread however many
+        # tasks ask); after that a cached token costs no thread hop.
+        binding = await PROVIDER.bind_async(self._profile, config=self._config,
+                                            scope=scopes or None)
+        if self._other_tenant(binding, tenant_id):
+            binding = await PROVIDER.bind_async(self._profile, config=self._config,
+                                                scope=scopes or None, tenant=tenant_id)
+        if claims:
+            # The SDK asks with claims after a claims challenge: the plain token was refused.
+            PROVIDER.drop_plain(binding)
         return await PROVIDER.get_async(binding, claims=claims)
 
     async def get_token(self, *scopes: str, claims: Optional[str] = None,

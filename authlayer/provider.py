@@ -8,10 +8,17 @@ path, which runs only on a miss, a refresh, or after a 401:
   loops) need the same missing or expiring token, one of them — the leader — asks the identity
   service; the others wait for its outcome, success or failure, and share it;
 * refresh ahead of expiry without making anyone wait: while the current token is still valid,
-  only the leader waits for the new one; everybody else keeps using the current one;
-* if that refresh fails while the old token is still valid, keep serving it (and try again 30 s
-  later, not on every request); a person is never asked to sign in while it is still valid;
-* after a 401, drop exactly the rejected token, once, however many requests saw it;
+  a background thread gets the new one and every caller keeps using the current one;
+* if that refresh fails while the old token is still valid, keep serving it and try again later
+  (30 s, or half the time left, so that the last attempt still lands while it is valid); a
+  person is never asked to sign in while it is still valid;
+* after a 401, drop exactly the rejected token, once, however many requests saw it; when a token
+  fetched moments ago is refused again, ask for no new one for a cooldown that grows (5 s
+  doubling to 320 s): an API that refuses everything must not hammer the identity service;
+* profiles are bound once per call signature (the hot path's dict key is the call's own
+  arguments); a tenant override is derived from the profile's binding without reading the file;
+  a profiles file is looked at again (``stat``) at most once a second, and re-read when it
+  changed;
 * tokens obtained for a claims challenge live under their own key, never the plain one;
 * records (refresh tokens, accounts) kept in a :class:`~authlayer.store.TokenStore`: in memory,
   or in the persistent file cache for profiles with ``cache = "file"``.
@@ -27,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 from . import registry
@@ -39,16 +46,29 @@ from .profile import Profile
 from .store import MemoryStore, TokenStore
 from .token import AccessToken, TokenResult
 
-__all__ = ["PROVIDER", "Binding", "CachedToken", "Provider", "get_token", "get_token_async"]
+__all__ = ["PROVIDER", "Binding", "CachedToken", "Provider", "get_token", "get_token_async",
+           "reset"]
 
 log = logging.getLogger("authlayer")
 
-# After a failed refresh ahead of expiry, wait this long before trying again.
+# After a failed refresh ahead of expiry, wait this long before trying again (or half the time
+# the token has left, whichever is shorter, but at least RETRY_REFRESH_MIN).
 RETRY_REFRESH_AFTER = 30
+RETRY_REFRESH_MIN = 1
 # A token this close to expiry is not served as a fallback.
 MIN_VALIDITY = 10
 # Past this many cache entries (many on-behalf-of users), expired ones are swept out.
 SWEEP_ABOVE = 1000
+# Remembered call signatures (profile, overrides); past this, the oldest one is forgotten.
+MAX_BINDINGS = 100_000
+# A token refused again within this many seconds of being fetched starts a cooldown, during
+# which no new token is fetched for that key: COOLDOWN_FIRST seconds, doubling up to
+# COOLDOWN_MAX while the refusals go on.
+REFUSED_AGAIN_WITHIN = 60
+COOLDOWN_FIRST = 5
+COOLDOWN_MAX = 320
+# How often (seconds) the profiles files in use are looked at for changes.
+PROFILES_RECHECK = 1.0
 
 
 PathArg = Union[str, "os.PathLike[str]", None]
@@ -65,7 +85,10 @@ class CachedToken(NamedTuple):
 
     @classmethod
     def from_result(cls, result: TokenResult) -> CachedToken:
-        return cls(result.public(), result.refresh_on, f"Bearer {result.access_token}")
+        public = result.public()
+        if public.token_type == "Bearer":  # one shared string, not one per cached token
+            public = public._replace(token_type="Bearer")
+        return cls(public, result.refresh_on, f"Bearer {result.access_token}")
 
     def __repr__(self) -> str:
         return f"CachedToken({self.token!r}, refresh_on={self.refresh_on})"
@@ -80,26 +103,49 @@ def _escape(part: str) -> str:
     return part.replace("%", "%25").replace("|", "%7C")
 
 
-@dataclass(frozen=True)
-class Binding:
-    """A profile with its call's overrides, ready to use: its cache keys and host policy.
+class Binding(NamedTuple):
+    """A profile with its call's overrides, ready to use: its cache key and host policy.
 
     ``key`` identifies the token (authority, tenant, client, credential, scopes, and whose it
     is); ``account_key`` the sign-in it came from (the same without the scopes), under which
     refresh tokens are kept. Every token key of an account starts with ``account_key + "|"``.
+
+    A tenant override keeps the profile it was derived from in ``base`` and the tenant in
+    ``tenant``: thousands of tenants of one profile share it (``profile`` builds the
+    overridden one when a token is fetched).
     """
 
-    profile: Profile
+    base: Profile
     key: str
-    account_key: str
-    user_assertion: Optional[str] = field(default=None, repr=False)
+    user_assertion: Optional[str] = None
+    tenant: Optional[str] = None
+
+    def __repr__(self) -> str:
+        extra = f", tenant={self.tenant!r}" if self.tenant is not None else ""
+        return f"Binding(profile={self.base.name!r}{extra})"
+
+    @property
+    def profile(self) -> Profile:
+        """The profile with every override applied."""
+        if self.tenant is None:
+            return self.base
+        return replace(self.base, tenant=self.tenant)
+
+    @property
+    def account_key(self) -> str:
+        # The scopes part of a key is escaped: it holds no "|".
+        return self.key.rpartition("|")[0]
 
     @property
     def hosts(self) -> HostPolicy:
-        return self.profile.hosts
+        return self.base.hosts  # a tenant override does not change where the token may go
 
     @classmethod
     def make(cls, profile: Profile, user_assertion: Optional[str] = None) -> Binding:
+        return cls(profile, cls.key_for(profile, user_assertion), user_assertion or None)
+
+    @staticmethod
+    def key_for(profile: Profile, user_assertion: Optional[str] = None) -> str:
         if profile.flow == "on_behalf_of" and not user_assertion:
             raise profile.config_error(
                 "flow 'on_behalf_of' needs the incoming token: pass user_assertion=... to "
@@ -122,7 +168,7 @@ class Binding:
             profile.credential_identity, *who,
         ])
         scopes = _escape(" ".join(sorted(profile.scopes)))
-        return cls(profile, f"{account}|{scopes}", account, user_assertion)
+        return f"{account}|{scopes}"
 
 
 class _Flight:
@@ -143,6 +189,7 @@ class _Flight:
         self.result: Optional[CachedToken] = None
         self.error: Optional[BaseException] = None
         self._waiters: list[Callable[[], None]] = []
+        self._events: dict[object, Any] = {}  # event loop -> the event its tasks wait on
         self._lock = threading.Lock()
 
     def finish(self, result: Optional[CachedToken], error: Optional[BaseException]) -> None:
@@ -182,13 +229,31 @@ class _Flight:
         return self.result
 
     async def wait(self) -> None:
-        """Wait without blocking the event loop (asyncio or trio)."""
+        """Wait without blocking the event loop (asyncio or trio). The tasks of one event loop
+        share one event, so that the landing wakes each loop once, not each task."""
         import anyio
 
-        event = anyio.Event()
-        wake = _thread_safe_setter(event.set)
-        if self.add_waiter(wake):
-            await event.wait()
+        loop = _running_loop()
+        with self._lock:
+            if self.done.is_set():
+                return
+            event = self._events.get(loop)
+            if event is None:
+                event = self._events[loop] = anyio.Event()
+                self._waiters.append(_thread_safe_setter(event.set))
+        await event.wait()
+
+
+def _running_loop() -> object:
+    """The running asyncio loop, else trio's token (see :func:`_thread_safe_setter`)."""
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        import trio
+
+        return trio.lowlevel.current_trio_token()
 
 
 def _thread_safe_setter(set_event: Callable[[], None]) -> Callable[[], None]:
@@ -226,29 +291,64 @@ def _record(result: TokenResult) -> dict[str, Any]:
     }
 
 
+def _environ_reader(name: str) -> Callable[[], Any]:
+    """A fast reader of one environment variable, for memo keys: ``os.environ.get`` decodes
+    and costs more than the rest of a cached call. Its value only tells calls apart."""
+    data = getattr(os.environ, "_data", None)
+    encodekey = getattr(os.environ, "encodekey", None)
+    if isinstance(data, dict) and callable(encodekey):
+        raw = encodekey(name)
+        return lambda: data.get(raw)
+    return lambda: os.environ.get(name)
+
+
+_env_profile = _environ_reader("AUTHLAYER_PROFILE")
+_env_config = _environ_reader("AUTHLAYER_CONFIG")
+
+
+def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Optional[str],
+          user_assertion: Optional[str]) -> tuple[Any, ...]:
+    """A call's memo key: its own arguments, and the environment variables that stand in for
+    the ones not given. The hot path builds the same tuple inline."""
+    if scope is not None and not isinstance(scope, str):
+        scope = tuple(scope)
+    if profile is None or config is None:
+        return (profile, config, scope, tenant, user_assertion,
+                _env_profile() if profile is None else None,
+                _env_config() if config is None else None)
+    return (profile, config, scope, tenant, user_assertion)
+
+
+@dataclass
+class _Refusal:
+    """401s for one token key: the token fetched after the last one, and the cooldown."""
+
+    token: Optional[str]  # the replacement fetched after a 401 (None: none since the cooldown)
+    fetched_at: float
+    delay: float = 0.0  # the last cooldown's length (0: none yet)
+    until: float = 0.0  # no new token before this
+
+
 class Provider:
     """Process-wide token cache and acquisition. Use the module's :data:`PROVIDER`."""
 
     def __init__(self) -> None:
         self.entries: dict[str, CachedToken] = {}
         self._rejected: dict[str, str] = {}  # key -> the token that last got a 401 there
+        self._refusals: dict[str, _Refusal] = {}
         self._flights: dict[str, _Flight] = {}
+        self._loads: dict[tuple[Any, ...], _Flight] = {}  # async profile loads under way
         self._guard = threading.Lock()
         self._bindings: dict[tuple[Any, ...], Binding] = {}
+        self._stamps: dict[str, Optional[tuple[int, int, int]]] = {}  # profiles files in use
+        self._background: set[threading.Thread] = set()
         self._memory_store = MemoryStore()
+        self._sweep_above = SWEEP_ABOVE
         self.clock: Callable[[], float] = time.time
+        # The hot path serves a cached token only before this (then the files are looked at).
+        self.recheck_at = 0.0
 
     # ------------------------------------------------------------------ binding
-
-    def _memo(self, profile: Optional[str], config: PathArg, scope: ScopeArg,
-              tenant: Optional[str], user_assertion: Optional[str]) -> tuple[Any, ...]:
-        scope_key = scope if scope is None or isinstance(scope, str) else tuple(scope)
-        config_key = os.fspath(config) if config is not None else None
-        return (
-            profile if profile is not None else ("$", os.environ.get("AUTHLAYER_PROFILE")),
-            config_key if config_key is not None else ("$", os.environ.get("AUTHLAYER_CONFIG")),
-            scope_key, tenant, _digest(user_assertion) if user_assertion else None,
-        )
 
     def bind(
         self,
@@ -259,17 +359,35 @@ class Provider:
         tenant: Optional[str] = None,
         user_assertion: Optional[str] = None,
     ) -> Binding:
-        """Resolve a profile name and overrides to a :class:`Binding`, once per process."""
-        memo = self._memo(profile, config, scope, tenant, user_assertion)
-        binding = self._bindings.get(memo)
+        """Resolve a profile name and overrides to a :class:`Binding`, once per process (and
+        again after its profiles file changed)."""
+        args = _args(profile, config, scope, tenant, user_assertion)
+        binding = self._bindings.get(args)
         if binding is None:
-            from .config import load_profile
+            binding = self._make(args, profile, config, scope, tenant, user_assertion)
+        return binding
 
+    def _make(self, args: tuple[Any, ...], profile: Optional[str], config: PathArg,
+              scope: ScopeArg, tenant: Optional[str], user_assertion: Optional[str]) -> Binding:
+        from .config import load_profile, with_tenant
+
+        binding: Optional[Binding] = None
+        if tenant is not None:
+            # Derived from the profile's own binding: thousands of tenants read the file once.
+            base = self.bind(profile, config=config, scope=scope, user_assertion=user_assertion)
+            derived = with_tenant(base.base, tenant)
+            if derived is not None:
+                key = Binding.key_for(derived, user_assertion)
+                binding = base if key == base.key else Binding(
+                    base.base, key, base.user_assertion, derived.tenant)
+        if binding is None:
             loaded = load_profile(profile, config=config, scope=scope, tenant=tenant)
             binding = Binding.make(loaded, user_assertion)
-            if len(self._bindings) > 10_000:  # many distinct user assertions: don't grow forever
-                self._bindings.clear()
-            self._bindings[memo] = binding
+            self._watch(loaded.config_path)
+        with self._guard:
+            if len(self._bindings) >= MAX_BINDINGS:  # forget the oldest one, not all
+                self._bindings.pop(next(iter(self._bindings)), None)
+            self._bindings[args] = binding
         return binding
 
     async def bind_async(
@@ -282,15 +400,88 @@ class Provider:
         user_assertion: Optional[str] = None,
     ) -> Binding:
         """:meth:`bind` for async code: the first time, the profiles file is read in a worker
-        thread, not on the event loop."""
-        binding = self._bindings.get(self._memo(profile, config, scope, tenant, user_assertion))
-        if binding is not None:
-            return binding
-        import anyio.to_thread
+        thread, not on the event loop, once however many tasks ask at once."""
+        args = _args(profile, config, scope, tenant, user_assertion)
+        while True:
+            binding = self._bindings.get(args)
+            if binding is not None:
+                return binding
+            with self._guard:
+                flight = self._loads.get(args)
+                leader = flight is None
+                if flight is None:
+                    flight = self._loads[args] = _Flight("load", "")
+            if leader:
+                import anyio.to_thread
 
-        return await anyio.to_thread.run_sync(
-            lambda: self.bind(profile, config=config, scope=scope, tenant=tenant,
-                              user_assertion=user_assertion))
+                try:
+                    binding = await anyio.to_thread.run_sync(
+                        lambda: self._make(args, profile, config, scope, tenant, user_assertion))
+                except BaseException as exc:
+                    self._end_load(args, flight, exc)
+                    raise
+                self._end_load(args, flight, None)
+                return binding
+            await flight.wait()
+            flight.outcome()  # the leader's error, raised here; else the memo now has it
+
+    def _end_load(self, args: tuple[Any, ...], flight: _Flight,
+                  error: Optional[BaseException]) -> None:
+        with self._guard:
+            if self._loads.get(args) is flight:
+                del self._loads[args]
+        flight.finish(None, error)
+
+    # ------------------------------------------------------------------ profiles files
+
+    @staticmethod
+    def _stamp(path: str) -> Optional[tuple[int, int, int]]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _watch(self, path: Optional[str]) -> None:
+        if path and path not in self._stamps:
+            self._stamps[path] = self._stamp(path)
+
+    def check_files(self) -> None:
+        """Forget the bindings of every profiles file that changed (modification time, size
+        or inode) since it was read, so that the next call reads it again; at most once per
+        :data:`PROFILES_RECHECK` seconds. The slow path calls this; the hot path sends a call
+        down the slow path when it is time."""
+        now = self.clock()
+        if now < self.recheck_at:
+            return
+        self.recheck_at = now + PROFILES_RECHECK
+        changed = [path for path, stamp in list(self._stamps.items())
+                   if self._stamp(path) != stamp]
+        if not changed:
+            return
+        gone = set(changed)
+        with self._guard:
+            for path in changed:
+                self._stamps.pop(path, None)
+            for args in [a for a, b in self._bindings.items() if b.base.config_path in gone]:
+                del self._bindings[args]
+        log.debug("a profiles file changed; it will be read again")
+
+    def cached(self, profile: Optional[str], config: PathArg, scope: ScopeArg,
+               tenant: Optional[str], user_assertion: Optional[str]) -> Optional[CachedToken]:
+        """The cached entry for these call arguments if it may be served as it is (the hot
+        path of the async callers; :func:`get_token` has it inline)."""
+        try:
+            binding = self._bindings.get(_args(profile, config, scope, tenant, user_assertion))
+        except TypeError:  # an unhashable argument: the slow path says what is wrong
+            return None
+        if binding is None:
+            return None
+        entry = self.entries.get(binding.key)
+        if entry is None:
+            return None
+        now = self.clock()
+        return entry if now < entry.refresh_on and now < self.recheck_at else None
 
     def store_for(self, profile: Profile) -> TokenStore:
         """Where records (refresh tokens, accounts) of this profile are kept."""
@@ -382,7 +573,9 @@ class Provider:
             self._drop_account(binding)
         try:
             # A claims token is kept under its claims key: never served for the plain one.
-            yield Call(lambda: _replace_or_save(store, binding, key, saved, fresh_sign_in))
+            if store is not self._memory_store or "refresh_token" in saved or fresh_sign_in:
+                yield Call(lambda: _replace_or_save(store, binding, key, saved, fresh_sign_in))
+            # (In memory, a record without a refresh token would only repeat the entry.)
         except AuthLayerError as exc:
             log.warning("profile %r: the token cache could not be written (%s); tokens are "
                         "kept in memory only", profile.name, exc)
@@ -403,8 +596,11 @@ class Provider:
             seen.token.token == self._rejected.get(key)
         ):
             return None
-        postponed = seen._replace(refresh_on=int(min(
-            now + RETRY_REFRESH_AFTER, seen.token.expires_on - MIN_VALIDITY)))
+        # Half the time left (at most RETRY_REFRESH_AFTER): the next attempts still land while
+        # the token serves, instead of at the moment the fallback stops.
+        left = seen.token.expires_on - MIN_VALIDITY - now
+        wait = max(RETRY_REFRESH_MIN, min(RETRY_REFRESH_AFTER, left / 2))
+        postponed = seen._replace(refresh_on=int(now + wait + 0.5))
         self._keep(key, postponed)
         return postponed
 
@@ -412,12 +608,16 @@ class Provider:
         self.entries[key] = entry
         if self._rejected.get(key) not in (None, entry.token.token):
             self._rejected.pop(key, None)
-        if len(self.entries) > SWEEP_ABOVE:
+        if len(self.entries) > self._sweep_above:
             now = self.clock()
             for stale in [k for k, e in list(self.entries.items())
                           if e.token.expires_on <= now]:
                 self.entries.pop(stale, None)
                 self._rejected.pop(stale, None)
+                self._refusals.pop(stale, None)
+            # Many live entries (tenants): sweep again only when they have doubled, so that a
+            # large cache is not scanned for every new token.
+            self._sweep_above = max(SWEEP_ABOVE, 2 * len(self.entries))
 
     def _drop_account(self, binding: Binding) -> None:
         prefix = binding.account_key + "|"
@@ -544,7 +744,7 @@ class Provider:
         (raise :class:`~authlayer.errors.TokenError` instead)."""
         key, make = self._plan(binding, force, claims, prompt, interactive, _rejected)
         if not force:
-            entry = self._fresh(key)
+            entry = self._serve(binding, key, claims)
             if entry is not None:
                 return entry
         return self._run(key, lambda: self._recheck(key, force, make), wait=force,
@@ -556,11 +756,62 @@ class Provider:
         """:meth:`get` for async code: never blocks the event loop."""
         key, make = self._plan(binding, force, claims, prompt, interactive, _rejected)
         if not force:
-            entry = self._fresh(key)
+            entry = self._serve(binding, key, claims)
             if entry is not None:
                 return entry
         return await self._run_async(key, lambda: self._recheck(key, force, make), wait=force,
                                      need="forced" if force else "plain")
+
+    def _serve(self, binding: Binding, key: str, claims: Optional[str]) -> Optional[CachedToken]:
+        """The entry under ``key`` if it may be served now: fresh, or due for refresh but
+        still valid — then the refresh runs in the background (never asking a person) and
+        this caller goes on."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        now = self.clock()
+        if now < entry.refresh_on:
+            return entry
+        if now >= entry.token.expires_on - MIN_VALIDITY:
+            return None
+        self._refresh_in_background(key, lambda: self._obtain(
+            binding, key=key, claims=claims, interactive=False))
+        return entry
+
+    def _refresh_in_background(self, key: str,
+                               make: Callable[[], Generator[Action, Any, CachedToken]]) -> None:
+        """Lead ``key``'s single flight from a daemon thread, unless a flight is under way.
+        A thread serves sync and async callers alike and outlives no event loop."""
+        flight, leader = self._join(key, "plain")
+        if not leader:
+            return
+        flight.thread = -1  # no caller's thread: any of them may wait for it
+
+        def lead() -> None:
+            try:
+                result = run_sync(self._recheck(key, False, make))
+            except BaseException as exc:  # the fallback already logged a refusal
+                self._land(key, flight, None, exc)
+                if not isinstance(exc, AuthLayerError):
+                    log.warning("refreshing a token in the background failed: %s",
+                                type(exc).__name__)
+            else:
+                self._land(key, flight, result, None)
+            finally:
+                with self._guard:
+                    self._background.discard(threading.current_thread())
+
+        thread = threading.Thread(target=lead, name="authlayer-refresh", daemon=True)
+        with self._guard:
+            self._background.add(thread)
+        thread.start()
+
+    def join_background(self, timeout: Optional[float] = None) -> None:
+        """Wait for the background refreshes under way (tests, a clean shutdown)."""
+        with self._guard:
+            threads = list(self._background)
+        for thread in threads:
+            thread.join(timeout)
 
     def _recheck(self, key: str, force: bool,
                  make: Callable[[], Generator[Action, Any, CachedToken]],
@@ -576,27 +827,77 @@ class Provider:
     def after_rejection(self, binding: Binding, rejected: CachedToken, *,
                         claims: Optional[str] = None, prompt: Prompt = None) -> CachedToken:
         """A new token after ``rejected`` got a 401 (for ``claims``, when the 401 was a claims
-        challenge). However many requests saw that 401, the identity service is asked once."""
+        challenge). However many requests saw that 401, the identity service is asked once;
+        and when the API keeps refusing new tokens, not at all during a cooldown (the request
+        is sent again with the current token)."""
+        held = self._cooling(binding, rejected)
+        if held is not None:
+            return held
         replaced = self._drop(binding, rejected)
         if claims:  # the challenged token is dropped from the store too
             return self.get(binding, claims=claims, prompt=prompt, _rejected=replaced is None)
         if replaced is not None:
             return replaced
-        return self._run(binding.key, lambda: self._after_drop(binding, rejected, prompt),
-                         exclude=rejected)
+        return self._fetched(binding.key, self._run(
+            binding.key, lambda: self._after_drop(binding, rejected, prompt), exclude=rejected))
 
     async def after_rejection_async(self, binding: Binding, rejected: CachedToken, *,
                                     claims: Optional[str] = None,
                                     prompt: Prompt = None) -> CachedToken:
         """:meth:`after_rejection` for async code."""
+        held = self._cooling(binding, rejected)
+        if held is not None:
+            return held
         replaced = self._drop(binding, rejected)
         if claims:
             return await self.get_async(binding, claims=claims, prompt=prompt,
                                         _rejected=replaced is None)
         if replaced is not None:
             return replaced
-        return await self._run_async(
-            binding.key, lambda: self._after_drop(binding, rejected, prompt), exclude=rejected)
+        return self._fetched(binding.key, await self._run_async(
+            binding.key, lambda: self._after_drop(binding, rejected, prompt), exclude=rejected))
+
+    def _cooling(self, binding: Binding, rejected: CachedToken) -> Optional[CachedToken]:
+        """The token to send again without asking the identity service, when the API refuses
+        tokens fetched moments ago: during a cooldown, or when this 401 starts one."""
+        now = self.clock()
+        with self._guard:
+            state = self._refusals.get(binding.key)
+            if state is None:
+                return None
+            if now >= state.until:
+                if state.token != rejected.token.token:
+                    return None  # the first 401 since the cooldown: try a new token once
+                if now - state.fetched_at >= REFUSED_AGAIN_WITHIN:
+                    del self._refusals[binding.key]  # it served a while: not the same trouble
+                    return None
+                self._cool(binding.key, state, now, f"profile {binding.base.name!r}")
+        current = self._usable(binding.key)
+        return current if current is not None else rejected
+
+    def _cool(self, key: str, state: _Refusal, now: float, what: str) -> None:
+        """Start the next cooldown for ``key`` (under the guard)."""
+        first = state.delay == 0
+        state.delay = min(COOLDOWN_MAX, state.delay * 2 if state.delay else COOLDOWN_FIRST)
+        state.until = now + state.delay
+        state.token = None
+        if first:  # once per streak of refusals
+            log.warning("%s: the API refused a token fetched moments ago again; no new token "
+                        "is requested for %g s, longer while it goes on (requests are still "
+                        "sent once more, with the current token)", what, state.delay)
+        else:
+            log.debug("%s: tokens still refused; no new token for %g s", what, state.delay)
+
+    def _fetched(self, key: str, entry: CachedToken) -> CachedToken:
+        """Remember that ``entry`` was fetched because its predecessor got a 401."""
+        now = self.clock()
+        with self._guard:
+            state = self._refusals.get(key)
+            if state is None:
+                self._refusals[key] = _Refusal(entry.token.token, now)
+            elif state.token != entry.token.token and now >= state.until:
+                state.token, state.fetched_at = entry.token.token, now
+        return entry
 
     def _after_drop(self, binding: Binding, rejected: CachedToken,
                     prompt: Prompt) -> Generator[Action, Any, CachedToken]:
@@ -628,6 +929,14 @@ class Provider:
         if current is not None and current.token.token == entry.token.token:
             self.entries.pop(key, None)
             self._rejected[key] = entry.token.token
+            # A token fetched for a claims challenge was refused in turn: the plain key cools
+            # down, so that the next requests do not each fetch two new tokens.
+            plain = key.split("|claims:", 1)[0]
+            now = self.clock()
+            with self._guard:
+                state = self._refusals.setdefault(plain, _Refusal(None, now))
+                if now >= state.until:
+                    self._cool(plain, state, now, "a claims challenge")
 
     def drop_plain(self, binding: Binding) -> None:
         """Forget the binding's plain token (an Azure SDK answered a claims challenge, which
@@ -652,11 +961,17 @@ class Provider:
         self.store_for(binding.profile).delete(binding.key, binding.account_key)
 
     def reset(self) -> None:
-        """Forget every token, binding and in-memory record (for tests)."""
-        self.entries.clear()
-        self._rejected.clear()
-        self._bindings.clear()
-        self._memory_store = MemoryStore()
+        """Forget every token, binding and in-memory record (see :func:`reset`)."""
+        self.join_background(timeout=30)  # a refresh landing later must not refill the cache
+        with self._guard:
+            self.entries.clear()
+            self._rejected.clear()
+            self._refusals.clear()
+            self._bindings.clear()
+            self._stamps.clear()
+            self._memory_store = MemoryStore()
+            self._sweep_above = SWEEP_ABOVE
+            self.recheck_at = 0.0
 
 
 def _flight_key(key: str) -> str:
@@ -698,6 +1013,20 @@ def _entry_from_record(
 PROVIDER = Provider()
 
 
+def reset() -> None:
+    """Forget every profile read and every token held in memory, as if the process had just
+    started (the persistent token cache is left alone: ``authlayer logout`` clears that).
+
+    For test suites that rewrite a profiles file between tests, and for long-running
+    processes whose configuration was replaced. A changed profiles file is also noticed by
+    itself, within about a second.
+    """
+    from .config import clear_cache
+
+    PROVIDER.reset()
+    clear_cache()
+
+
 def get_token(
     profile: Optional[str] = None,
     *,
@@ -715,12 +1044,29 @@ def get_token(
     ``force_refresh`` skips the cache; ``prompt`` shows sign-in instructions (default: standard
     error). Raises :class:`~authlayer.ConfigError` or :class:`~authlayer.TokenError`.
     """
-    binding = PROVIDER.bind(profile, config=config, scope=scope, tenant=tenant,
+    # The hot path: one dict read keyed by the call's own arguments (what _args builds), one
+    # dict read of the entry, one look at the clock.
+    provider = PROVIDER
+    if profile is None or config is None:
+        args: tuple[Any, ...] = (profile, config, scope, tenant, user_assertion,
+                                 _env_profile() if profile is None else None,
+                                 _env_config() if config is None else None)
+    else:
+        args = (profile, config, scope, tenant, user_assertion)
+    try:
+        binding = provider._bindings.get(args)
+    except TypeError:  # a list of scopes: the slow path makes it a tuple
+        binding = None
+    if binding is not None and not force_refresh:
+        entry = provider.entries.get(binding.key)
+        if entry is not None:
+            now = provider.clock()
+            if now < entry.refresh_on and now < provider.recheck_at:
+                return entry.token
+    provider.check_files()
+    binding = provider.bind(profile, config=config, scope=scope, tenant=tenant,
                             user_assertion=user_assertion)
-    entry = PROVIDER.entries.get(binding.key)
-    if entry is not None and not force_refresh and PROVIDER.clock() < entry.refresh_on:
-        return entry.token
-    return PROVIDER.get(binding, force=force_refresh, prompt=prompt).token
+    return provider.get(binding, force=force_refresh, prompt=prompt).token
 
 
 async def get_token_async(
@@ -734,6 +1080,12 @@ async def get_token_async(
     prompt: Optional[Callable[[str], None]] = None,
 ) -> AccessToken:
     """:func:`get_token` for async code (asyncio or trio); never blocks the event loop."""
-    binding = await PROVIDER.bind_async(profile, config=config, scope=scope, tenant=tenant,
+    provider = PROVIDER
+    if not force_refresh:
+        cached = provider.cached(profile, config, scope, tenant, user_assertion)
+        if cached is not None:
+            return cached.token
+    provider.check_files()
+    binding = await provider.bind_async(profile, config=config, scope=scope, tenant=tenant,
                                         user_assertion=user_assertion)
-    return (await PROVIDER.get_async(binding, force=force_refresh, prompt=prompt)).token
+    return (await provider.get_async(binding, force=force_refresh, prompt=prompt)).token

@@ -162,7 +162,9 @@ def test_token_is_refreshed_ahead_of_expiry(emu: Emulator, cc_profile: str,
     first = get_token(cc_profile)
     clock.now = first.expires_on - 301  # not yet within five minutes
     assert get_token(cc_profile) is first
-    clock.now = first.expires_on - 299  # within five minutes: refresh
+    clock.now = first.expires_on - 299  # within five minutes: refresh (in the background)
+    assert get_token(cc_profile) == first
+    PROVIDER.join_background()
     second = get_token(cc_profile)
     assert second.token != first.token
     assert emu.count("token") == 2
@@ -175,6 +177,8 @@ def test_refresh_in_from_the_service_is_honoured(emu: Emulator, cc_profile: str,
     monkeypatch.setattr(PROVIDER, "clock", clock)
     first = get_token(cc_profile)
     clock.now += 601
+    get_token(cc_profile)  # starts the refresh in the background
+    PROVIDER.join_background()
     assert get_token(cc_profile).token != first.token
 
 
@@ -190,6 +194,7 @@ def test_failed_refresh_keeps_serving_the_valid_token(emu: Emulator, cc_profile:
     emu.inject("status", count=10, status=503, retry_after=0)
     answer = client.get(f"{emu.api_url}/a", auth)  # refresh fails: the old token still serves
     assert answer.status == 200
+    PROVIDER.join_background()
     assert get_token(cc_profile) == first
     failed_attempts = emu.count("token")
     assert client.get(f"{emu.api_url}/a", auth).status == 200
@@ -197,6 +202,7 @@ def test_failed_refresh_keeps_serving_the_valid_token(emu: Emulator, cc_profile:
     emu.reset()
     clock.now += 31  # after the back-off, a refresh is tried again and succeeds
     assert client.get(f"{emu.api_url}/a", auth).status == 200
+    PROVIDER.join_background()
     assert get_token(cc_profile).token != first.token
 
 

@@ -224,6 +224,8 @@ def test_refreshed_at_half_its_life(emu: Emulator, mi: ManagedIdentities, imds: 
     clock.now = start + 43200 - 5
     assert get_token(name) is first
     clock.now = start + 43200 + 5
+    get_token(name)  # starts the refresh in the background
+    PROVIDER.join_background()
     assert get_token(name).token != first.token
     assert emu.count("imds") == 2
 

@@ -37,6 +37,7 @@ __all__ = [
     "load_profile",
     "load_profiles",
     "profile_names",
+    "with_tenant",
     "workload_identity_for",
 ]
 
@@ -48,7 +49,13 @@ if TYPE_CHECKING:
         ENV_TENANT_ID,
         workload_identity_for,
     )
-    from ._build import MAX_EXTENDS_DEPTH, load_profile, load_profiles, profile_names
+    from ._build import (
+        MAX_EXTENDS_DEPTH,
+        load_profile,
+        load_profiles,
+        profile_names,
+        with_tenant,
+    )
     from ._find import CONFIG_FILENAME, ENV_CONFIG, ENV_PROFILE, config_path
     from ._keys import CLOUDS, KEYS
     from ._layers import MAX_FILE_BYTES, clear_cache
@@ -60,8 +67,8 @@ AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 _WHERE = {
     **dict.fromkeys(("ENV_AUTHORITY_HOST", "ENV_CLIENT_ID", "ENV_FEDERATED_TOKEN_FILE",
                      "ENV_TENANT_ID", "workload_identity_for"), "..flows._workload_env"),
-    **dict.fromkeys(("MAX_EXTENDS_DEPTH", "load_profile", "load_profiles", "profile_names"),
-                    "._build"),
+    **dict.fromkeys(("MAX_EXTENDS_DEPTH", "load_profile", "load_profiles", "profile_names",
+                     "with_tenant"), "._build"),
     **dict.fromkeys(("CONFIG_FILENAME", "ENV_CONFIG", "ENV_PROFILE", "config_path"), "._find"),
     **dict.fromkeys(("CLOUDS", "KEYS"), "._keys"),
     **dict.fromkeys(("MAX_FILE_BYTES", "clear_cache"), "._layers"),

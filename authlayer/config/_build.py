@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Optional, Union
 
 from .. import registry
@@ -328,6 +329,21 @@ def load_profile(
     if name not in file.profiles:
         raise _unknown_profile(file, name)
     return _profile(file, name, scope, tenant)
+
+
+def with_tenant(profile: Profile, tenant: Any) -> Optional[Profile]:
+    """``profile`` with a ``tenant=`` argument applied, checked as :func:`load_profile` checks
+    it, without reading the file again; ``None`` when the flow needs the full load (it takes no
+    tenant, or fills its values from the environment)."""
+    spec = registry.flow(profile.flow)
+    if not spec.takes("tenant") or spec.prepare is not None:
+        return None
+    values = Values(profile.config_path, profile.name)
+    values.set("tenant", tenant, "from the tenant= argument")
+    parse = BY_NAME["tenant"].parse
+    assert parse is not None
+    checked = parse(tenant, values.where("tenant", spec))
+    return replace(profile, tenant=tenant if checked == tenant else checked)  # share the string
 
 
 def load_profiles(config: Optional[PathArg] = None) -> dict[str, Profile]:

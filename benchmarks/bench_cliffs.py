@@ -1,0 +1,262 @@
+"""Cliff benchmark: what stays flat as a process grows (issue 11, items 17, 19, 20, 21).
+
+Run: ``python benchmarks/bench_cliffs.py`` (``--quick`` for a shorter run; add Authlib to
+``PYTHONPATH`` to compare with its single-token client). Every figure is a ratio against a
+baseline taken in the same run:
+
+* a cached ``get_token("name")``, next to a dict read + clock call and, when Authlib is
+  importable, Authlib's own cached-token check (``OAuth2Token.is_expired`` + the token read);
+* a cached ``get_token(tenant=...)`` cycling over 4,500 / 12,000 / 50,000 tenants, against the
+  same call for one tenant;
+* memory held per cached tenant (tracemalloc, after the cache is warm);
+* 1,000 asyncio tasks using a profile new to the process: profile loads, token requests, and
+  the event loop's worst stall (a ticker task measures it);
+* ``authlayer.aio.credential(...).get_token`` against ``get_token_async``, per cached call.
+
+Tokens for the tenants are put in the cache as a flow would (store record and in-memory
+entry), not fetched one by one: the emulator only knows its own tenant, and 50,000 round trips
+would measure the loopback, not the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable
+
+from authlayer import config as config_module
+from authlayer import get_token, get_token_async
+from authlayer.emulator import Emulator
+from authlayer.provider import PROVIDER, CachedToken
+from authlayer.token import TokenResult
+
+
+def per_call(fn: Callable[[], Any], number: int) -> float:
+    """CPU seconds per call over `number` calls, garbage collector off."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.process_time()
+        for _ in range(number):
+            fn()
+        return (time.process_time() - start) / number
+    finally:
+        gc.enable()
+
+
+def best(fn: Callable[[], Any], number: int, blocks: int) -> float:
+    return min(per_call(fn, number) for _ in range(blocks))
+
+
+def prefill(cfg: Path, tenants: list[str], token: str) -> None:
+    """Put a token for each tenant in the in-memory cache (the timing runs measure the
+    cached call, not how the cache was filled)."""
+    now = int(time.time())
+    for i, tenant in enumerate(tenants):
+        binding = PROVIDER.bind("bench", config=cfg, tenant=tenant)
+        result = TokenResult(f"{token}.{i}", now + 3600, now + 3300)
+        PROVIDER.entries[binding.key] = CachedToken.from_result(result)
+
+
+def cycle_cost(cfg: Path, tenants: list[str], calls: int) -> float:
+    """CPU seconds per cached get_token, cycling over `tenants` (at least one whole cycle)."""
+    rounds = max(1, calls // len(tenants))
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.process_time()
+        for _ in range(rounds):
+            for tenant in tenants:
+                get_token("bench", config=cfg, tenant=tenant)
+        return (time.process_time() - start) / (rounds * len(tenants))
+    finally:
+        gc.enable()
+
+
+def _serve_emulator(conn: Any) -> None:
+    """Child process: an emulator with one app; answers "count" until told "stop"."""
+    with Emulator() as emu:
+        app = emu.register_app(secret="bench-secret")
+        conn.send((emu.url, emu.tenant_id, app.client_id))
+        while True:
+            command = conn.recv()
+            if command == "stop":
+                return
+            conn.send(emu.count("token"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--verbose", action="store_true", help="where the memory goes")
+    args = parser.parse_args()
+    scale = 5 if args.quick else 1
+    emu = Emulator()
+    emu.start()
+    try:
+        app = emu.register_app(secret="bench-secret")
+        folder = Path(tempfile.mkdtemp())
+        cfg = folder / "profiles.toml"
+        body = (f'flow = "client_credentials"\nauthority = "{emu.url}"\n'
+                f'tenant = "{emu.tenant_id}"\nclient_id = "{app.client_id}"\n'
+                f'client_secret = "bench-secret"\nscope = "https://graph.microsoft.com/.default"\n')
+        cfg.write_text(f"[profiles.bench]\n{body}\n[profiles.fresh]\n{body}")
+        token = get_token("bench", config=cfg).token
+        print(f"authlayer cliffs, Python {sys.version.split()[0]}; token of {len(token)} chars")
+
+        # 21. the cached call
+        table = {"k": 1}
+        blocks = 30 // scale
+        base = best(lambda: table.get("k") and time.time(), 10_000, blocks)
+        cached = best(lambda: get_token("bench", config=cfg), 10_000, blocks)
+        line = (f"cached get_token:             {cached * 1e6:6.3f} µs/call (dict read + clock "
+                f"{base * 1e6:.3f} µs")
+        try:
+            from authlib.oauth2.rfc6749 import OAuth2Token  # type: ignore[import-untyped,unused-ignore]
+        except ImportError:
+            print(line + "; Authlib not importable)")
+        else:
+            held = OAuth2Token({"access_token": token, "expires_at": int(time.time()) + 3600})
+
+            def authlib_cached() -> Any:
+                return None if held.is_expired() else held["access_token"]
+
+            authlib = best(authlib_cached, 10_000, blocks)
+            print(line + f"; Authlib's cached token {authlib * 1e6:.3f} µs: "
+                  f"{cached / authlib:.2f}x)")
+
+        # 17, 21. many tenants
+        one = [emu.tenant_id]
+        prefill(cfg, one, token)
+        for n in (4_500, 12_000, 50_000):
+            if args.quick and n > 12_000:
+                continue
+            tenants = [f"t{i}.example.com" for i in range(n)]
+            prefill(cfg, tenants, token)
+            cycle_cost(cfg, tenants, n)  # warm: one whole cycle
+            many = min(cycle_cost(cfg, tenants, 50_000) for _ in range(max(1, 3 // scale)))
+            single = min(cycle_cost(cfg, one, 50_000) for _ in range(3))
+            print(f"{n:6,} tenants cycled:  {many * 1e6:8.3f} µs/call vs one tenant "
+                  f"{single * 1e6:.3f} µs: {many / single:.2f}x")
+            PROVIDER.reset()
+            config_module.clear_cache()
+
+        # 21. memory per cached tenant: real tokens from the emulator, one tenant each
+        count = 2_000 // scale
+        domains = [f"m{i}.example.com" for i in range(count)]
+        for domain in domains:
+            emu.add_tenant(domain)
+        get_token("bench", config=cfg, tenant=emu.tenant_id)
+        gc.collect()
+        # The emulator runs in this process: what its threads allocate (its request log, the
+        # tokens it issued) is left out.
+        server = [tracemalloc.Filter(False, "*/authlayer/emulator/*", all_frames=True)]
+        tracemalloc.start(40)
+        before = tracemalloc.take_snapshot().filter_traces(server)
+        sizes = 0
+        for domain in domains:
+            sizes += len(get_token("bench", config=cfg, tenant=domain).token)
+        gc.collect()
+        after = tracemalloc.take_snapshot().filter_traces(server)
+        tracemalloc.stop()
+        if args.verbose:
+            for stat in after.compare_to(before, "lineno")[:12]:
+                print("   ", stat)
+        grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+        print(f"memory per cached tenant:    {grown / count:7.0f} B, of which the token itself "
+              f"is {sizes / count:.0f} B ({count:,} tenants)")
+        PROVIDER.reset()
+        config_module.clear_cache()
+
+        # 19. 1,000 tasks, first use of a profile. The emulator runs in another process
+        # here: in this one, its threads (signing tokens) would hold the GIL against the event
+        # loop, and the stall measured would be the emulator's.
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        ours, theirs = ctx.Pipe()
+        child = ctx.Process(target=_serve_emulator, args=(theirs,), daemon=True)
+        child.start()
+        url, tenant_id, client_id = ours.recv()
+        other = folder / "other.toml"
+        other.write_text(f'[profiles.fresh]\nflow = "client_credentials"\nauthority = "{url}"\n'
+                         f'tenant = "{tenant_id}"\nclient_id = "{client_id}"\n'
+                         f'client_secret = "bench-secret"\n'
+                         f'scope = "https://graph.microsoft.com/.default"\n')
+        loads = 0
+        real_load = config_module.load_profile
+
+        def counting_load(*a: Any, **k: Any) -> Any:
+            nonlocal loads
+            loads += 1
+            return real_load(*a, **k)
+
+        setattr(config_module, "load_profile", counting_load)  # noqa: B010
+
+        async def stampede() -> float:
+            worst = 0.0
+            stop = False
+
+            async def ticker() -> None:
+                nonlocal worst
+                last = time.perf_counter()
+                while not stop:
+                    await asyncio.sleep(0.001)
+                    now = time.perf_counter()
+                    worst = max(worst, now - last)
+                    last = now
+
+            tick = asyncio.ensure_future(ticker())
+            await asyncio.sleep(0.01)
+            await asyncio.gather(*(get_token_async("fresh", config=other) for _ in range(1000)))
+            stop = True
+            await tick
+            return worst
+
+        worst = asyncio.run(stampede())
+        setattr(config_module, "load_profile", real_load)  # noqa: B010
+        ours.send("count")
+        requests = ours.recv()
+        ours.send("stop")
+        child.join()
+        print(f"1,000 tasks, new profile:    {loads} profile load(s), {requests} "
+              f"token request(s), worst event-loop stall {worst * 1e3:.1f} ms")
+
+        # 20. the async Azure credential's cached call
+        from authlayer import aio
+
+        cred = aio.credential("bench", config=cfg)
+        scope = "https://graph.microsoft.com/.default"
+
+        async def async_costs() -> tuple[float, float]:
+            await cred.get_token(scope)
+            await get_token_async("bench", config=cfg)
+            n = 2_000 // scale
+            t_cred, t_plain = [], []
+            for _ in range(5):
+                start = time.process_time()
+                for _ in range(n):
+                    await cred.get_token(scope)
+                t_cred.append((time.process_time() - start) / n)
+                start = time.process_time()
+                for _ in range(n):
+                    await get_token_async("bench", config=cfg)
+                t_plain.append((time.process_time() - start) / n)
+            return min(t_cred), min(t_plain)
+
+        t_cred, t_plain = asyncio.run(async_costs())
+        print(f"aio.credential().get_token:  {t_cred * 1e6:7.2f} µs/call vs get_token_async "
+              f"{t_plain * 1e6:.2f} µs: {t_cred / t_plain:.2f}x")
+    finally:
+        emu.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
