@@ -1,0 +1,321 @@
+"""Single flight: while one caller does the work for a key, everyone else who needs that key
+waits and shares its outcome.
+
+Generic: it knows nothing about what the work is (authlayer runs token acquisitions and
+profile loads through it). Callers may be threads, asyncio tasks and trio tasks, on any number
+of event loops in any number of threads, all on the same key at once. It needs neither
+``sniffio`` nor ``anyio``: a task's event loop is found with ``asyncio.get_running_loop()``,
+and, when there is none, trio's token.
+
+``flights = SingleFlight()`` (typed ``SingleFlight[K, V]``; keys are hashable) offers:
+
+``flights.run(key, work, *, tag=None, shares=None, takes=None, instead=None) -> V``
+    For blocking callers. With no flight under way for ``key``, the caller *leads* one: it
+    calls ``work()`` and gets ``work()``'s own value or exception; the outcome also goes to
+    everyone who joined meanwhile. ``tag`` describes what this leader is doing (e.g. what it
+    was asked for), for followers' predicates. Otherwise the caller *follows*, in this order:
+
+    1. ``instead()``, when given, is asked first: a value other than ``None`` is returned at
+       once, without waiting (e.g. a cached value that is still good while a refresh runs);
+    2. if the leader is a caller on this very thread (an async leader on this thread's event
+       loop, or the leader's own ``work`` asking again), waiting would never end: ``work()``
+       runs directly (not as a leader: nobody shares its outcome);
+    3. wait for the flight to land;
+    4. ``shares(leader_tag)`` false: this flight's outcome is not for this caller at all, not
+       even its error: start again at the top;
+    5. the leader failed with an ``Exception``: raise a copy of it, one for each follower,
+       caused by (``__cause__``) the leader's own. The leader was interrupted instead (a
+       ``BaseException`` that is not an ``Exception``: a cancelled task, ``KeyboardInterrupt``):
+       start again at the top, perhaps as the new leader;
+    6. ``takes(leader_tag, value)`` false (e.g. this caller needs more than the leader was
+       asked for, or must not use that very value): start again at the top;
+    7. return the leader's value (``None`` is a value like any other).
+
+``await flights.run_async(key, work, *, tag=None, shares=None, takes=None, instead=None) -> V``
+    The same for tasks; ``work()`` returns an awaitable. A waiting task never blocks its event
+    loop: it awaits an event of its own loop, which the thread that lands the flight wakes
+    thread-safely. Step 2 applies to a blocking leader on this thread (an event loop run
+    inside the leader's ``work``); an async leader on this thread's loop is awaited normally.
+
+``flights.spawn(key, work, *, tag=None, name="authlayer-flight") -> bool``
+    Lead ``key``'s flight from a new daemon thread (e.g. a refresh ahead of expiry that no
+    caller waits for), unless a flight for ``key`` is under way: then nothing starts and the
+    answer is False. Callers join a spawned flight like any other. Its error goes to the
+    followers it has and is otherwise dropped (``work`` logs what it must); nothing reaches
+    ``threading.excepthook``. ``flights.join_background(timeout=None)`` waits for spawned
+    threads (a clean shutdown, tests) and says whether none is left.
+
+``len(flights)`` and ``key in flights``: flights under way. ``flights.waiting(key)``: how many
+callers wait for ``key``'s flight now (a task whose wait was cancelled, e.g. because its event
+loop shut down, no longer counts and is no longer woken).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+import time
+from collections.abc import Awaitable, Hashable
+from typing import Any, Callable, Generic, Optional, TypeVar
+
+__all__ = ["SingleFlight"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _NotStarted(BaseException):
+    """The outcome of a spawned flight whose thread could not start: followers try again."""
+
+
+class _Flight:
+    """One flight under way. Its mutable fields change under the owner's lock."""
+
+    __slots__ = ("blocking", "error", "event", "landed", "tag", "thread", "value", "waiting",
+                 "wakers")
+
+    def __init__(self, tag: Any, thread: int, blocking: bool) -> None:
+        self.tag = tag
+        self.thread = thread  # the leader's thread (0: not known yet)
+        self.blocking = blocking  # the leader blocks its thread (not an async task)
+        self.landed = False
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+        # Made on demand, so that a flight nobody waits for costs one small object.
+        self.event: Optional[threading.Event] = None  # for waiting threads
+        self.wakers: Optional[list[Callable[[], None]]] = None  # for waiting tasks
+        self.waiting = 0
+
+
+def _shared(flight: _Flight) -> bool:
+    """False if the leader was interrupted (try again); raises a copy of the leader's error."""
+    error = flight.error
+    if error is None:
+        return True
+    if not isinstance(error, Exception):
+        return False
+    try:
+        mine = copy.copy(error)  # each follower's traceback on its own object
+    except Exception:
+        raise error from None
+    raise mine from error
+
+
+def _loop_waiter() -> tuple[Callable[[], None], Callable[[], Awaitable[Any]]]:
+    """``(wake, wait)`` for the running task: ``await wait()`` returns once any thread has
+    called ``wake()``. asyncio or trio, found without sniffio."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        try:
+            import trio
+        except ImportError:
+            raise RuntimeError("SingleFlight.run_async needs a running asyncio or trio "
+                               "event loop") from None
+        token = trio.lowlevel.current_trio_token()
+        event = trio.Event()
+
+        def wake_trio() -> None:
+            token.run_sync_soon(event.set)
+
+        return wake_trio, event.wait
+
+    future: asyncio.Future[None] = loop.create_future()
+
+    def resolve() -> None:
+        if not future.done():  # (cancelled meanwhile)
+            future.set_result(None)
+
+    def wake_asyncio() -> None:
+        loop.call_soon_threadsafe(resolve)
+
+    return wake_asyncio, lambda: future
+
+
+class SingleFlight(Generic[K, V]):
+    """One leader per key does the work; the others share its outcome (see the module)."""
+
+    def __init__(self) -> None:
+        self._flights: dict[K, _Flight] = {}
+        self._guard = threading.Lock()
+        self._background: set[threading.Thread] = set()
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._flights
+
+    def waiting(self, key: K) -> int:
+        """How many callers wait for ``key``'s flight now."""
+        flight = self._flights.get(key)
+        return flight.waiting if flight is not None else 0
+
+    # ------------------------------------------------------------------ blocking callers
+
+    def run(self, key: K, work: Callable[[], V], *, tag: Any = None,
+            shares: Optional[Callable[[Any], bool]] = None,
+            takes: Optional[Callable[[Any, V], bool]] = None,
+            instead: Optional[Callable[[], Optional[V]]] = None) -> V:
+        """``work()``'s value, as ``key``'s leader or from the leader under way."""
+        while True:
+            flight, leader = self._join(key, tag, True)
+            if leader:
+                try:
+                    value = work()
+                except BaseException as exc:
+                    self._land(key, flight, None, exc)
+                    raise
+                self._land(key, flight, value, None)
+                return value
+            if instead is not None:
+                now = instead()
+                if now is not None:
+                    return now
+            if flight.thread == threading.get_ident():
+                return work()
+            self._wait(flight)
+            if shares is not None and not shares(flight.tag):
+                continue
+            if not _shared(flight):
+                continue
+            value = flight.value
+            if takes is None or takes(flight.tag, value):
+                return value
+
+    def _wait(self, flight: _Flight) -> None:
+        with self._guard:
+            if flight.landed:
+                return
+            event = flight.event
+            if event is None:
+                event = flight.event = threading.Event()
+            flight.waiting += 1
+        try:
+            event.wait()
+        finally:
+            with self._guard:
+                flight.waiting -= 1
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run_async(self, key: K, work: Callable[[], Awaitable[V]], *, tag: Any = None,
+                        shares: Optional[Callable[[Any], bool]] = None,
+                        takes: Optional[Callable[[Any, V], bool]] = None,
+                        instead: Optional[Callable[[], Optional[V]]] = None) -> V:
+        """:meth:`run` for tasks (asyncio or trio): never blocks the event loop."""
+        while True:
+            flight, leader = self._join(key, tag, False)
+            if leader:
+                try:
+                    value = await work()
+                except BaseException as exc:
+                    self._land(key, flight, None, exc)
+                    raise
+                self._land(key, flight, value, None)
+                return value
+            if instead is not None:
+                now = instead()
+                if now is not None:
+                    return now
+            if flight.blocking and flight.thread == threading.get_ident():
+                return await work()  # an event loop inside the leader's own work
+            await self._wait_async(flight)
+            if shares is not None and not shares(flight.tag):
+                continue
+            if not _shared(flight):
+                continue
+            value = flight.value
+            if takes is None or takes(flight.tag, value):
+                return value
+
+    async def _wait_async(self, flight: _Flight) -> None:
+        wake, wait = _loop_waiter()
+        with self._guard:
+            if flight.landed:
+                return
+            if flight.wakers is None:
+                flight.wakers = []
+            flight.wakers.append(wake)
+            flight.waiting += 1
+        try:
+            await wait()
+        finally:
+            with self._guard:
+                flight.waiting -= 1
+                if flight.wakers is not None:  # not landed: cancelled (or its loop closing)
+                    with contextlib.suppress(ValueError):
+                        flight.wakers.remove(wake)
+
+    # ------------------------------------------------------------------ background leaders
+
+    def spawn(self, key: K, work: Callable[[], V], *, tag: Any = None,
+              name: str = "authlayer-flight") -> bool:
+        """Lead ``key``'s flight from a new daemon thread; False if one is under way."""
+        with self._guard:
+            if key in self._flights:
+                return False
+            flight = self._flights[key] = _Flight(tag, 0, True)
+            thread = threading.Thread(target=self._lead_in_background, args=(key, flight, work),
+                                      name=name, daemon=True)
+            self._background.add(thread)
+        try:
+            thread.start()
+        except BaseException:
+            with self._guard:
+                self._background.discard(thread)
+            self._land(key, flight, None, _NotStarted())
+            raise
+        return True
+
+    def _lead_in_background(self, key: K, flight: _Flight, work: Callable[[], V]) -> None:
+        flight.thread = threading.get_ident()  # before work(): it may ask for key again
+        try:
+            try:
+                value = work()
+            except BaseException as exc:  # for the followers; nobody else wants it
+                self._land(key, flight, None, exc)
+            else:
+                self._land(key, flight, value, None)
+        finally:
+            with self._guard:
+                self._background.discard(threading.current_thread())
+
+    def join_background(self, timeout: Optional[float] = None) -> bool:
+        """Wait for the spawned threads (at most ``timeout`` seconds in all); True if none is
+        left running (other than the calling thread, if it is one)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        me = threading.current_thread()
+        with self._guard:
+            threads = [t for t in self._background if t is not me]
+        for thread in threads:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
+        return not any(t.is_alive() for t in threads)
+
+    # ------------------------------------------------------------------ the flights
+
+    def _join(self, key: K, tag: Any, blocking: bool) -> tuple[_Flight, bool]:
+        """``key``'s flight under way, or a new one; True if the caller leads it."""
+        with self._guard:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return flight, False
+            flight = self._flights[key] = _Flight(tag, threading.get_ident(), blocking)
+            return flight, True
+
+    def _land(self, key: K, flight: _Flight, value: Any, error: Optional[BaseException]) -> None:
+        with self._guard:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.value, flight.error, flight.landed = value, error, True
+            event, wakers, flight.wakers = flight.event, flight.wakers, None
+        if event is not None:
+            event.set()
+        for wake in wakers or ():
+            # RuntimeError: that event loop has closed, so nobody is waiting there any more.
+            with contextlib.suppress(RuntimeError):
+                wake()
