@@ -26,8 +26,6 @@ path, which runs only on a miss, a refresh, or after a 401:
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
 import logging
 import os
@@ -39,6 +37,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 from . import registry
 from ._http import Action, Call, run_async, run_sync
+from ._singleflight import SingleFlight
 from .errors import AuthLayerError
 from .flows import FlowContext, default_prompt
 from .hosts import HostPolicy
@@ -171,117 +170,6 @@ class Binding(NamedTuple):
         return f"{account}|{scopes}"
 
 
-class _Flight:
-    """One acquisition under way. Threads wait on ``done``; async tasks register a callback
-    that wakes them on their own event loop.
-
-    ``kind`` is what the leader was asked for — ``"plain"`` (a valid token), ``"forced"`` (a new
-    one from the identity service) or ``"login"`` (a new sign-in) — so that a follower that
-    needs more does not take less. ``thread`` is the leader's thread (an async leader's event
-    loop thread): a synchronous caller on that thread must never wait for it.
-    """
-
-    def __init__(self, kind: str, key: str) -> None:
-        self.kind = kind
-        self.key = key  # the token key the leader is fetching
-        self.thread = threading.get_ident()
-        self.done = threading.Event()
-        self.result: Optional[CachedToken] = None
-        self.error: Optional[BaseException] = None
-        self._waiters: list[Callable[[], None]] = []
-        self._events: dict[object, Any] = {}  # event loop -> the event its tasks wait on
-        self._lock = threading.Lock()
-
-    def finish(self, result: Optional[CachedToken], error: Optional[BaseException]) -> None:
-        with self._lock:
-            self.result, self.error = result, error
-            self.done.set()
-            waiters, self._waiters = self._waiters, []
-        for wake in waiters:
-            # RuntimeError: that event loop has closed, so nobody is waiting there any more.
-            with contextlib.suppress(RuntimeError):
-                wake()
-
-    def add_waiter(self, wake: Callable[[], None]) -> bool:
-        """Call ``wake`` when the flight lands; False if it already has."""
-        with self._lock:
-            if self.done.is_set():
-                return False
-            self._waiters.append(wake)
-            return True
-
-    def satisfies(self, need: str) -> bool:
-        return need == "plain" or self.kind == "login" or self.kind == need
-
-    def outcome(self) -> Optional[CachedToken]:
-        """The leader's token, or its error raised here (a copy for each follower, caused by the
-        leader's); ``None`` if the leader was interrupted (cancelled, Ctrl-C), so that the
-        caller should try again itself."""
-        error = self.error
-        if error is not None:
-            if not isinstance(error, Exception):
-                return None
-            try:
-                mine = copy.copy(error)
-            except Exception:
-                raise error from None
-            raise mine from error
-        return self.result
-
-    async def wait(self) -> None:
-        """Wait without blocking the event loop (asyncio or trio). The tasks of one event loop
-        share one event, so that the landing wakes each loop once, not each task."""
-        import anyio
-
-        loop = _running_loop()
-        with self._lock:
-            if self.done.is_set():
-                return
-            event = self._events.get(loop)
-            if event is None:
-                event = self._events[loop] = anyio.Event()
-                self._waiters.append(_thread_safe_setter(event.set))
-        await event.wait()
-
-
-def _running_loop() -> object:
-    """The running asyncio loop, else trio's token (see :func:`_thread_safe_setter`)."""
-    import asyncio
-
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        import trio
-
-        return trio.lowlevel.current_trio_token()
-
-
-def _thread_safe_setter(set_event: Callable[[], None]) -> Callable[[], None]:
-    """A function that any thread may call to run ``set_event`` on the running event loop.
-
-    The running library is found without ``sniffio`` (not a dependency of ours, nor of current
-    ``anyio``): an asyncio loop running in this thread, else trio's token.
-    """
-    import asyncio
-
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        import trio  # no asyncio loop here: the only other library anyio drives is trio
-
-        token = trio.lowlevel.current_trio_token()
-
-        def wake_trio() -> None:
-            token.run_sync_soon(set_event)
-
-        return wake_trio
-
-    def wake_asyncio() -> None:
-        loop.call_soon_threadsafe(set_event)
-
-    return wake_asyncio
-
-
 def _record(result: TokenResult) -> dict[str, Any]:
     return {
         "access_token": result.access_token,
@@ -336,12 +224,11 @@ class Provider:
         self.entries: dict[str, CachedToken] = {}
         self._rejected: dict[str, str] = {}  # key -> the token that last got a 401 there
         self._refusals: dict[str, _Refusal] = {}
-        self._flights: dict[str, _Flight] = {}
-        self._loads: dict[tuple[Any, ...], _Flight] = {}  # async profile loads under way
+        self._flights: SingleFlight[str, CachedToken] = SingleFlight()
+        self._loads: SingleFlight[tuple[Any, ...], Binding] = SingleFlight()  # async loads
         self._guard = threading.Lock()
         self._bindings: dict[tuple[Any, ...], Binding] = {}
         self._stamps: dict[str, Optional[tuple[int, int, int]]] = {}  # profiles files in use
-        self._background: set[threading.Thread] = set()
         self._memory_store = MemoryStore()
         self._sweep_above = SWEEP_ABOVE
         self.clock: Callable[[], float] = time.time
@@ -402,35 +289,13 @@ class Provider:
         """:meth:`bind` for async code: the first time, the profiles file is read in a worker
         thread, not on the event loop, once however many tasks ask at once."""
         args = _args(profile, config, scope, tenant, user_assertion)
-        while True:
-            binding = self._bindings.get(args)
-            if binding is not None:
-                return binding
-            with self._guard:
-                flight = self._loads.get(args)
-                leader = flight is None
-                if flight is None:
-                    flight = self._loads[args] = _Flight("load", "")
-            if leader:
-                import anyio.to_thread
+        binding = self._bindings.get(args)
+        if binding is not None:
+            return binding
+        import anyio.to_thread
 
-                try:
-                    binding = await anyio.to_thread.run_sync(
-                        lambda: self._make(args, profile, config, scope, tenant, user_assertion))
-                except BaseException as exc:
-                    self._end_load(args, flight, exc)
-                    raise
-                self._end_load(args, flight, None)
-                return binding
-            await flight.wait()
-            flight.outcome()  # the leader's error, raised here; else the memo now has it
-
-    def _end_load(self, args: tuple[Any, ...], flight: _Flight,
-                  error: Optional[BaseException]) -> None:
-        with self._guard:
-            if self._loads.get(args) is flight:
-                del self._loads[args]
-        flight.finish(None, error)
+        return await self._loads.run_async(args, lambda: anyio.to_thread.run_sync(
+            lambda: self._make(args, profile, config, scope, tenant, user_assertion)))
 
     # ------------------------------------------------------------------ profiles files
 
@@ -626,25 +491,6 @@ class Provider:
 
     # ------------------------------------------------------------------ single flight
 
-    def _join(self, key: str, kind: str) -> tuple[_Flight, bool]:
-        """The flight under way for ``key``'s sign-in (see :func:`_flight_key`), or a new one of
-        ``kind`` for ``key``; True if the caller leads it."""
-        fkey = _flight_key(key)
-        with self._guard:
-            flight = self._flights.get(fkey)
-            if flight is not None:
-                return flight, False
-            flight = self._flights[fkey] = _Flight(kind, key)
-            return flight, True
-
-    def _land(self, key: str, flight: _Flight, result: Optional[CachedToken],
-              error: Optional[BaseException]) -> None:
-        fkey = _flight_key(key)
-        with self._guard:
-            if self._flights.get(fkey) is flight:
-                del self._flights[fkey]
-        flight.finish(result, error)
-
     def _usable(self, key: str, exclude: Optional[CachedToken] = None) -> Optional[CachedToken]:
         """The entry under ``key`` if it is still valid (and not ``exclude``)."""
         entry = self.entries.get(key)
@@ -658,71 +504,26 @@ class Provider:
         entry = self.entries.get(key)
         return entry if entry is not None and self.clock() < entry.refresh_on else None
 
-    @staticmethod
-    def _accept(flight: _Flight, key: str, need: str, exclude: Optional[CachedToken]
-                ) -> Optional[CachedToken]:
-        """The leader's outcome if it is what this follower needs (raises the leader's error);
-        ``None``: try again — e.g. the leader signed the person in for other scopes, and this
-        follower now redeems the refresh token that sign-in left."""
-        if flight.key != key:  # (the flight has landed: only the sign-in mattered)
-            return None
-        shared = flight.outcome()
-        if shared is None or not flight.satisfies(need):
-            return None
-        if exclude is not None and shared.token.token == exclude.token.token:
-            return None
-        return shared
-
     def _run(self, key: str, make: Callable[[], Generator[Action, Any, CachedToken]],
              *, need: str = "plain", wait: bool = True,
              exclude: Optional[CachedToken] = None) -> CachedToken:
-        """Run ``make()``'s flow as the leader of ``key``, or share the leader's outcome.
-        ``wait`` false: a follower with a still-valid entry uses it instead of waiting."""
-        while True:
-            flight, leader = self._join(key, need)
-            if leader:
-                try:
-                    result = run_sync(make())
-                except BaseException as exc:
-                    self._land(key, flight, None, exc)
-                    raise
-                self._land(key, flight, result, None)
-                return result
-            if not wait:
-                current = self._usable(key, exclude)
-                if current is not None:
-                    return current
-            if flight.thread == threading.get_ident():
-                # The leader runs on this very thread (an async task of this thread's event
-                # loop, or a prompt callback asking again): waiting would never end.
-                return run_sync(make())
-            flight.done.wait()
-            shared = self._accept(flight, key, need, exclude)
-            if shared is not None:
-                return shared
+        """Run ``make()``'s flow as the leader of ``key``'s flight, or share the leader's
+        outcome. ``wait`` false: a follower with a still-valid entry uses it instead of
+        waiting."""
+        return self._flights.run(
+            _flight_key(key), lambda: run_sync(make()), tag=(need, key),
+            shares=lambda tag: tag[1] == key, takes=_taker(need, exclude),
+            instead=None if wait else lambda: self._usable(key, exclude))
 
-    async def _run_async(self, key: str, make: Callable[[], Generator[Action, Any, CachedToken]],
+    async def _run_async(self, key: str,
+                         make: Callable[[], Generator[Action, Any, CachedToken]],
                          *, need: str = "plain", wait: bool = True,
                          exclude: Optional[CachedToken] = None) -> CachedToken:
         """:meth:`_run` for async code."""
-        while True:
-            flight, leader = self._join(key, need)
-            if leader:
-                try:
-                    result = await run_async(make())
-                except BaseException as exc:
-                    self._land(key, flight, None, exc)
-                    raise
-                self._land(key, flight, result, None)
-                return result
-            if not wait:
-                current = self._usable(key, exclude)
-                if current is not None:
-                    return current
-            await flight.wait()
-            shared = self._accept(flight, key, need, exclude)
-            if shared is not None:
-                return shared
+        return await self._flights.run_async(
+            _flight_key(key), lambda: run_async(make()), tag=(need, key),
+            shares=lambda tag: tag[1] == key, takes=_taker(need, exclude),
+            instead=None if wait else lambda: self._usable(key, exclude))
 
     # ------------------------------------------------------------------ the operations
 
@@ -782,36 +583,21 @@ class Provider:
                                make: Callable[[], Generator[Action, Any, CachedToken]]) -> None:
         """Lead ``key``'s single flight from a daemon thread, unless a flight is under way.
         A thread serves sync and async callers alike and outlives no event loop."""
-        flight, leader = self._join(key, "plain")
-        if not leader:
-            return
-        flight.thread = -1  # no caller's thread: any of them may wait for it
-
-        def lead() -> None:
+        def lead() -> CachedToken:
             try:
-                result = run_sync(self._recheck(key, False, make))
+                return run_sync(self._recheck(key, False, make))
             except BaseException as exc:  # the fallback already logged a refusal
-                self._land(key, flight, None, exc)
                 if not isinstance(exc, AuthLayerError):
                     log.warning("refreshing a token in the background failed: %s",
                                 type(exc).__name__)
-            else:
-                self._land(key, flight, result, None)
-            finally:
-                with self._guard:
-                    self._background.discard(threading.current_thread())
+                raise
 
-        thread = threading.Thread(target=lead, name="authlayer-refresh", daemon=True)
-        with self._guard:
-            self._background.add(thread)
-        thread.start()
+        self._flights.spawn(_flight_key(key), lead, tag=("plain", key),
+                            name="authlayer-refresh")
 
     def join_background(self, timeout: Optional[float] = None) -> None:
         """Wait for the background refreshes under way (tests, a clean shutdown)."""
-        with self._guard:
-            threads = list(self._background)
-        for thread in threads:
-            thread.join(timeout)
+        self._flights.join_background(timeout)
 
     def _recheck(self, key: str, force: bool,
                  make: Callable[[], Generator[Action, Any, CachedToken]],
@@ -982,6 +768,19 @@ def _flight_key(key: str) -> str:
     if registry.flow(flow).may_prompt and "|claims:" not in key:
         return "signin|" + key.rsplit("|", 1)[0]
     return key
+
+
+def _taker(need: str, exclude: Optional[CachedToken],
+           ) -> Callable[[tuple[str, str], CachedToken], bool]:
+    """Whether a follower that needs ``need`` takes a leader's token: a forced refresh or a
+    login does not take less than it asked for, a retry after a 401 not the rejected token."""
+    def takes(tag: tuple[str, str], shared: CachedToken) -> bool:
+        kind = tag[0]
+        if not (need == "plain" or kind == "login" or kind == need):
+            return False
+        return exclude is None or shared.token.token != exclude.token.token
+
+    return takes
 
 
 def _replace_or_save(store: TokenStore, binding: Binding, key: str, record: dict[str, Any],
