@@ -30,24 +30,13 @@ import tracemalloc
 from pathlib import Path
 from typing import Any, Callable
 
+from bench_hot_path import per_call  # run as a script: benchmarks/ is on sys.path
+
 from authlayer import config as config_module
 from authlayer import get_token, get_token_async
 from authlayer.emulator import Emulator
 from authlayer.provider import PROVIDER, CachedToken
 from authlayer.token import TokenResult
-
-
-def per_call(fn: Callable[[], Any], number: int) -> float:
-    """CPU seconds per call over `number` calls, garbage collector off."""
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.process_time()
-        for _ in range(number):
-            fn()
-        return (time.process_time() - start) / number
-    finally:
-        gc.enable()
 
 
 def best(fn: Callable[[], Any], number: int, blocks: int) -> float:

@@ -23,20 +23,9 @@ import threading
 import time
 from typing import Any, Callable
 
+from bench_hot_path import per_call  # run as a script: benchmarks/ is on sys.path
+
 from authlayer._singleflight import SingleFlight
-
-
-def per_call(fn: Callable[[], Any], number: int) -> float:
-    """CPU seconds per call over one block of ``number`` calls, with the collector off."""
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.process_time()
-        for _ in range(number):
-            fn()
-        return (time.process_time() - start) / number
-    finally:
-        gc.enable()
 
 
 def best(cases: dict[str, Callable[[], Any]], number: int, blocks: int) -> dict[str, float]:

@@ -93,6 +93,35 @@ def emu(emulator: Emulator) -> Iterator[Emulator]:
     emulator.latency = 0.0
 
 
+@pytest.fixture(scope="session")
+def tls_emulator() -> Iterator[Emulator]:
+    with Emulator(tls=True) as emu:
+        yield emu
+
+
+@pytest.fixture
+def public_app(emu: Emulator) -> Any:
+    """A public client (no secret) registered with the emulator: for flows that sign a person
+    in."""
+    return emu.register_app(public=True)
+
+
+def write_cc_profile(profiles: Profiles, emu: Emulator, name: str = "p") -> str:
+    """A client-credentials profile ``name`` for ``emu`` (an app registered for it, its secret
+    inline), for tests with an emulator of their own (TLS, custom routes)."""
+    app = emu.register_app(secret="s3cret-value")
+    profiles.write(f"""
+        [profiles.{name}]
+        flow = "client_credentials"
+        authority = "{emu.url}"
+        tenant = "{emu.tenant_id}"
+        client_id = "{app.client_id}"
+        client_secret = "s3cret-value"
+        scope = "{emu.api_scope}"
+    """)
+    return name
+
+
 class Profiles:
     """Writes a profiles file and points $AUTHLAYER_CONFIG at it."""
 

@@ -20,7 +20,7 @@ from authlayer.emulator.wire import Request, Response, json_response
 from authlayer.errors import ConfigError
 from authlayer.jwt import b64url_encode
 
-from .conftest import Profiles
+from .conftest import Profiles, write_cc_profile
 
 GUID_SCOPE = "api://3f1b2c4d-5e6f-4a0b-8c9d-0e1f2a3b4c5d/.default"
 
@@ -116,15 +116,7 @@ def test_check_shows_a_hostile_servers_claims_escaped(
         profiles: Profiles, capsys: pytest.CaptureFixture[str]) -> None:
     claims = {"aud": "\x1b[2J\x1b[Hapi", "exp": 1e20, "roles": [7, None], "tid": "t"}
     with _hostile_token_server(claims) as emu:
-        profiles.write(f"""
-            [profiles.p]
-            flow = "client_credentials"
-            authority = "{emu.url}"
-            tenant = "{emu.tenant_id}"
-            client_id = "{emu.register_app(secret="s3cret-value").client_id}"
-            client_secret = "s3cret-value"
-            scope = "{emu.api_scope}"
-        """)
+        write_cc_profile(profiles, emu)
         code, out, err = run(capsys, "check", "p")
     assert code == 0, err
     assert "\x1b" not in out
@@ -144,15 +136,7 @@ def test_error_messages_from_a_server_are_escaped(
 
     emu.add_route("POST", "/{tenant}/oauth2/v2.0/token", refuse, endpoint="token")
     with emu:
-        profiles.write(f"""
-            [profiles.p]
-            flow = "client_credentials"
-            authority = "{emu.url}"
-            tenant = "{emu.tenant_id}"
-            client_id = "{emu.register_app(secret="s3cret-value").client_id}"
-            client_secret = "s3cret-value"
-            scope = "{emu.api_scope}"
-        """)
+        write_cc_profile(profiles, emu)
         code, out, err = run(capsys, "token", "p")
     assert code == 1
     assert out == ""

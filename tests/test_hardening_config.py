@@ -305,11 +305,6 @@ def with_locals(error: BaseException) -> str:
     return "".join(shown)
 
 
-@pytest.fixture
-def public_app(emu: Emulator) -> Any:
-    return emu.register_app(public=True)
-
-
 @pytest.fixture(autouse=True)
 def _warn_again(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(password_flow, "_warned", False)

@@ -41,7 +41,7 @@ from authlayer.filecache import FileStore
 from authlayer.provider import PROVIDER
 from authlayer.store import expires_on
 
-from .conftest import Profiles
+from .conftest import Profiles, write_cc_profile
 from .test_azure_cli import FakeAz
 from .test_http_protocol import drive, resp
 
@@ -527,29 +527,11 @@ def test_file_store_prunes_around_a_planted_record(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ item 13: which CA bundle
 
 
-@pytest.fixture(scope="module")
-def tls_emulator() -> Iterator[Emulator]:
-    with Emulator(tls=True) as emu:
-        yield emu
-
-
-def _tls_profile(profiles: Profiles, emu: Emulator) -> str:
-    app = emu.register_app(secret="tls-secret-value")
-    profiles.write(f"""
-        [profiles.tls]
-        flow = "client_credentials"
-        authority = "{emu.url}"
-        tenant = "{emu.tenant_id}"
-        client_id = "{app.client_id}"
-        client_secret = "tls-secret-value"
-        scope = "{emu.api_scope}"
-    """)
-    return "tls"
 
 
 def test_tls_error_names_the_bundle_that_won_and_its_variable(
         tls_emulator: Emulator, profiles: Profiles, monkeypatch: pytest.MonkeyPatch) -> None:
-    name = _tls_profile(profiles, tls_emulator)
+    name = write_cc_profile(profiles, tls_emulator, "tls")
     assert tls_emulator.ca_file is not None
     monkeypatch.setenv("SSL_CERT_FILE", tls_emulator.ca_file)  # the right one ...
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())  # ... loses to this one
@@ -563,7 +545,7 @@ def test_tls_error_names_the_bundle_that_won_and_its_variable(
 
 def test_tls_error_without_variables_names_certifi(
         tls_emulator: Emulator, profiles: Profiles) -> None:
-    name = _tls_profile(profiles, tls_emulator)
+    name = write_cc_profile(profiles, tls_emulator, "tls")
     with pytest.raises(TokenError) as info:
         get_token(name)
     message = str(info.value)
@@ -574,7 +556,7 @@ def test_tls_error_without_variables_names_certifi(
 def test_unreadable_ca_bundle_names_its_variable(
         tls_emulator: Emulator, profiles: Profiles, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    name = _tls_profile(profiles, tls_emulator)
+    name = write_cc_profile(profiles, tls_emulator, "tls")
     missing = tmp_path / "no-such-ca.pem"
     monkeypatch.setenv("SSL_CERT_FILE", str(missing))
     with pytest.raises(AuthLayerError) as info:

@@ -16,7 +16,7 @@ import pytest
 from authlayer import EntraAuth, TokenError, get_token, get_token_async
 from authlayer.emulator import Emulator
 
-from .conftest import Client, Profiles
+from .conftest import Client, Profiles, write_cc_profile
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
@@ -200,24 +200,6 @@ def test_no_proxy_is_honoured(emu: Emulator, cc_profile: str, proxy: _Proxy,
 # ------------------------------------------------------------------ TLS and CA bundles
 
 
-@pytest.fixture(scope="module")
-def tls_emulator() -> Iterator[Emulator]:
-    with Emulator(tls=True) as emu:
-        yield emu
-
-
-def _tls_profile(profiles: Profiles, emu: Emulator) -> str:
-    app = emu.register_app(secret="tls-secret-value")
-    profiles.write(f"""
-        [profiles.tls]
-        flow = "client_credentials"
-        authority = "{emu.url}"
-        tenant = "{emu.tenant_id}"
-        client_id = "{app.client_id}"
-        client_secret = "tls-secret-value"
-        scope = "{emu.api_scope}"
-    """)
-    return "tls"
 
 
 @pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"])
@@ -225,7 +207,7 @@ def test_ca_bundle_variables_are_honoured(tls_emulator: Emulator, profiles: Prof
                                           monkeypatch: pytest.MonkeyPatch,
                                           variable: str) -> None:
     assert tls_emulator.url.startswith("https://")
-    name = _tls_profile(profiles, tls_emulator)
+    name = write_cc_profile(profiles, tls_emulator, "tls")
     assert tls_emulator.ca_file is not None
     monkeypatch.setenv(variable, tls_emulator.ca_file)
     assert get_token(name).token
@@ -233,7 +215,7 @@ def test_ca_bundle_variables_are_honoured(tls_emulator: Emulator, profiles: Prof
 
 def test_untrusted_certificate_is_a_clear_error(tls_emulator: Emulator, profiles: Profiles,
                                                 tmp_path: Path) -> None:
-    name = _tls_profile(profiles, tls_emulator)
+    name = write_cc_profile(profiles, tls_emulator, "tls")
     tls_emulator.reset()
     with pytest.raises(TokenError) as info:
         get_token(name)

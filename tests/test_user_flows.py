@@ -42,11 +42,6 @@ def person(emu: Emulator) -> str:
     return new_person(emu, "Corr3ct-Horse-Battery")
 
 
-@pytest.fixture
-def public_app(emu: Emulator) -> Any:
-    return emu.register_app(public=True)
-
-
 @pytest.fixture(autouse=True)
 def _warn_again(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(password_flow, "_warned", False)
