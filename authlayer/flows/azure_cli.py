@@ -14,7 +14,7 @@ service principal or a managed identity, it runs ``az account get-access-token``
 (without a shell, from a system folder, with a timeout that stops its whole process tree).
 :func:`cache_identity` names the account and tenant that would be used, for the cache key. File
 reads and the ``az`` run (:mod:`authlayer._process`) are :class:`~authlayer._http.Call` actions;
-HTTP is :mod:`authlayer._http`'s.
+the token request is :mod:`authlayer.oauth`'s (the shared refresh grant).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The profile is complete when it reaches this module: :mod:`authlayer.config` fil
 ``AZURE_AUTHORITY_HOST`` and ``AZURE_FEDERATED_TOKEN_FILE`` when the profile (and what it
 extends) leaves them out — over ``[defaults]`` — so that cache keys tell two apps apart. This
 module checks that nothing is missing, reads the token file again for every token request (the
-platform rotates it) and sends the grant; the HTTP is :mod:`authlayer._http`'s. Flow
+platform rotates it) and sends the grant; the token request is :mod:`authlayer.oauth`'s. Flow
 ``managed_identity`` comes here too on a host with workload identity, as azure-identity does.
 """
 
