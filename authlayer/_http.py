@@ -1,13 +1,12 @@
-"""The one place that talks to the identity service.
+"""The one place that talks to the identity service: transport, not OAuth.
 
 Three layers, from pure to I/O:
 
 1. Values and actions: :class:`HttpRequest`, :class:`HttpResponse`, and the actions a flow yields
-   (:class:`Send`, :class:`Sleep`, :class:`Call`).
-2. Sans-I/O protocol code: :func:`send` (bounded retries of 429, 5xx and dropped connections,
-   honouring ``Retry-After``; no retry of other 4xx) and :func:`token_response` (an answer
-   becomes a :class:`~authlayer.token.TokenResult` or a :class:`~authlayer.errors.TokenError`,
-   never a ``KeyError`` or ``JSONDecodeError``).
+   (:class:`Send`, :class:`Sleep`, :class:`Call`, with :func:`call` for a typed answer).
+2. Sans-I/O retry policy: :func:`send` (bounded retries of 429, 5xx and dropped connections,
+   honouring ``Retry-After``; no retry of other 4xx). What an answer means (a token, Entra's
+   error) is :mod:`authlayer.oauth`'s business.
 3. Two thin drivers, :func:`run_sync` and :func:`run_async`, that carry out the actions with
    ``httpx.Client`` / ``httpx.AsyncClient``. Each attempt has a deadline (the request's
    ``timeout``) for the whole exchange, however slowly the server trickles bytes, and its answer
@@ -23,10 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -38,7 +35,6 @@ from urllib.parse import urlsplit
 from ._version import __version__
 from .errors import TokenError, redact
 from .hosts import is_loopback
-from .token import TokenResult
 
 if TYPE_CHECKING:  # imported where used: a token served from a cache needs none of them
     import ssl
@@ -53,10 +49,10 @@ __all__ = [
     "HttpResponse",
     "Sleep",
     "call",
+    "retry_after",
     "run_async",
     "run_sync",
     "send",
-    "token_response",
 ]
 
 log = logging.getLogger("authlayer")
@@ -72,8 +68,6 @@ BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with jitter
 MAX_RETRY_AFTER = 60.0
 # An answer larger than this is not a token (Entra's are a few kB): refused, never read whole.
 MAX_BODY = 1024 * 1024
-REFRESH_MARGIN = 300  # refresh five minutes before expiry
-MAX_NUMBER = 10**11  # larger expiries or codes are not real (the year 5138): malformed
 USER_AGENT = f"authlayer/{__version__}"
 
 
@@ -185,7 +179,9 @@ def call(fn: Callable[[], T]) -> Flow[T]:
 # --------------------------------------------------------------------------- retry policy
 
 
-def _retry_after(response: HttpResponse) -> Optional[float]:
+def retry_after(response: HttpResponse) -> Optional[float]:
+    """Seconds the answer asks us to wait (``Retry-After``: seconds or an HTTP date;
+    ``x-ms-retry-after-ms``), or ``None``."""
     value = response.headers.get("retry-after") or response.headers.get("x-ms-retry-after-ms")
     if not value:
         return None
@@ -253,7 +249,7 @@ def send(
             continue
         if result.status not in request.retry_statuses or attempt >= request.max_attempts:
             return result  # type: ignore[no-any-return]
-        wait = _retry_after(result)
+        wait = retry_after(result)
         if wait is None:
             wait = backoff(attempt)
         if waited + wait > request.max_retry_after:
@@ -262,148 +258,6 @@ def send(
         log.info("%s to %s: HTTP %d; retrying in %.1f s", request.what, request.host,
                  result.status, wait)
         yield Sleep(wait)
-
-
-# --------------------------------------------------------------------------- answers
-
-_AADSTS_RE = re.compile(r"AADSTS(\d+)")
-_CORRELATION_RE = re.compile(r"Correlation ID:\s*([0-9a-fA-F-]{36})")
-
-
-def _number(value: Any) -> Optional[int]:
-    """Entra sends numbers, or numbers as strings; anything else is ``None``."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        value = int(value)
-    if isinstance(value, int) and abs(value) <= MAX_NUMBER:
-        return value
-    return None
-
-
-def error_from_response(
-    response: HttpResponse, *, profile: Optional[str], what: str = "token request"
-) -> TokenError:
-    """The :class:`TokenError` for an answer that is not a success."""
-    body = response.json_object()
-    if body is None or not isinstance(body.get("error"), str):
-        kind = response.content_type or "no content type"
-        message = f"{what} failed: HTTP {response.status}"
-        if response.status == 429:
-            message += " (throttled)"
-            wait = _retry_after(response)
-            hint = f"throttled by the service: try again in {wait:.0f} s" if wait else None
-            return TokenError(message, profile=profile, status=response.status,
-                              error="throttled", hint=hint)
-        if body is None:
-            message += f" with an unreadable answer ({kind}, {len(response.content)} bytes)"
-        return TokenError(message, profile=profile, status=response.status)
-    description = body.get("error_description")
-    description = description if isinstance(description, str) else ""
-    first_line = description.split("\r\n", 1)[0].split("\n", 1)[0].strip()
-    codes_raw = body.get("error_codes")
-    codes: list[int] = []
-    if isinstance(codes_raw, list):
-        codes = [c for c in (_number(x) for x in codes_raw) if c is not None]
-    if not codes:
-        codes = [int(m) for m in _AADSTS_RE.findall(first_line)[:1]]
-    correlation = body.get("correlation_id")
-    if not isinstance(correlation, str):
-        found = _CORRELATION_RE.search(description)
-        correlation = found.group(1) if found else None
-    suberror = body.get("suberror")
-    claims = body.get("claims")
-    return TokenError(
-        profile=profile,
-        error=str(body["error"]),
-        error_codes=codes,
-        description=first_line or None,
-        correlation_id=correlation,
-        status=response.status,
-        suberror=suberror if isinstance(suberror, str) else None,
-        claims=claims if isinstance(claims, str) else None,
-    )
-
-
-def refresh_time(now: float, expires_on: int, refresh_in: Optional[int] = None) -> int:
-    """When to refresh: at ``refresh_in`` when the service says, else five minutes before
-    expiry, and never later than half-way for tokens that live under ten minutes."""
-    lifetime = expires_on - now
-    if refresh_in is not None and 0 < refresh_in < lifetime:
-        return int(now + refresh_in)
-    if lifetime <= 2 * REFRESH_MARGIN:
-        return int(now + lifetime / 2)
-    return int(expires_on - REFRESH_MARGIN)
-
-
-def token_response(
-    response: HttpResponse,
-    *,
-    profile: Optional[str],
-    now: Optional[float] = None,
-    what: str = "token request",
-) -> TokenResult:
-    """Turn an answer from a token endpoint into a :class:`TokenResult` or a :class:`TokenError`.
-
-    Accepts ``expires_in`` or ``expires_on`` (numbers or numeric strings) and ``refresh_in``.
-    """
-    if response.status != 200:
-        raise error_from_response(response, profile=profile, what=what)
-    body = response.json_object()
-    if body is None:
-        raise TokenError(
-            f"{what} answered HTTP 200 with something that is not a JSON object "
-            f"({response.content_type or 'no content type'}, {len(response.content)} bytes)",
-            profile=profile,
-            status=200,
-            error="malformed_response",
-        )
-    if "error" in body:
-        raise error_from_response(
-            HttpResponse(400, response.headers, response.content), profile=profile, what=what
-        )
-    token = body.get("access_token")
-    if not isinstance(token, str) or not token:
-        raise TokenError(
-            f"{what} answered without an access_token", profile=profile, status=200,
-            error="malformed_response",
-        )
-    now = time.time() if now is None else now
-    expires_in = _number(body.get("expires_in"))
-    expires_on = _number(body.get("expires_on"))
-    if expires_in is not None:
-        expires_on = int(now + expires_in)
-    if expires_on is None:
-        raise TokenError(
-            f"{what} answered without expires_in or expires_on", profile=profile, status=200,
-            error="malformed_response",
-        )
-    if expires_on <= now:
-        raise TokenError(
-            f"{what} answered with a token that has already expired (expires_on "
-            f"{expires_on}, now {int(now)}): check this machine's clock",
-            profile=profile, status=200, error="malformed_response",
-        )
-    token_type = body.get("token_type")
-    refresh_token = body.get("refresh_token")
-    scope = body.get("scope")
-    id_token = body.get("id_token")
-    return TokenResult(
-        access_token=token,
-        expires_on=expires_on,
-        refresh_on=refresh_time(now, expires_on, _number(body.get("refresh_in"))),
-        token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
-        refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
-        scope=scope if isinstance(scope, str) else None,
-        id_token=id_token if isinstance(id_token, str) and id_token else None,
-    )
 
 
 # --------------------------------------------------------------------------- drivers

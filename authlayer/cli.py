@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from . import __version__
+from ._version import __version__
 from .errors import AuthLayerError, ConfigError, TokenError
 
 __all__ = ["main"]

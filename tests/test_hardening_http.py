@@ -32,12 +32,12 @@ from authlayer._http import (
     HttpResponse,
     Send,
     Sleep,
-    error_from_response,
-    token_response,
 )
 from authlayer.emulator import Emulator
 from authlayer.emulator.tls import make_tls_files, server_context
 from authlayer.filecache import FileStore
+from authlayer.oauth import parse_error as error_from_response
+from authlayer.oauth import parse_token as token_response
 from authlayer.provider import PROVIDER
 from authlayer.store import expires_on
 

@@ -16,11 +16,11 @@ from authlayer._http import (
     HttpResponse,
     Send,
     Sleep,
-    refresh_time,
     send,
-    token_response,
 )
 from authlayer.errors import TokenError
+from authlayer.oauth import parse_token as token_response
+from authlayer.oauth import refresh_time
 
 REQ = HttpRequest("POST", "https://login.example/t/oauth2/v2.0/token", form={"a": "b"})
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         ENV_TENANT_ID,
         workload_identity_for,
     )
+    from ..flows.azure_cli import AZURE_CLI_CLIENT_ID
     from ._build import (
         MAX_EXTENDS_DEPTH,
         load_profile,
@@ -60,11 +61,8 @@ if TYPE_CHECKING:
     from ._keys import CLOUDS, KEYS
     from ._layers import MAX_FILE_BYTES, clear_cache
 
-# The Azure CLI's own public client: its refresh tokens are only good for this id. A fact of flow
-# azure_cli (its spec's default_client_id), kept here because that module imports it from here.
-AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
-
 _WHERE = {
+    "AZURE_CLI_CLIENT_ID": "..flows.azure_cli",
     **dict.fromkeys(("ENV_AUTHORITY_HOST", "ENV_CLIENT_ID", "ENV_FEDERATED_TOKEN_FILE",
                      "ENV_TENANT_ID", "workload_identity_for"), "..flows._workload_env"),
     **dict.fromkeys(("MAX_EXTENDS_DEPTH", "load_profile", "load_profiles", "profile_names",

@@ -217,7 +217,7 @@ BUILTIN: dict[str, SecretSourceSpec] = {
     # A string in the profile: not a table key, the secret itself.
     "value": SecretSourceSpec(
         "value", _read_value, identity=lambda ref: "value:" + keyed_hash(ref),
-        describe=lambda ref: "<inline secret>", blocking=False,
+        describe=lambda ref: "written in the profile", blocking=False,
     ),
     "env": SecretSourceSpec(
         "env", _read_env, identity=lambda ref: f"env:{ref}", describe=lambda ref: f"env {ref}",

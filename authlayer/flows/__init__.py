@@ -2,29 +2,14 @@
 
 Each module exposes ``acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]``: a
 generator that yields :mod:`authlayer._http` actions and never does I/O itself, so one driver can
-run it with blocking calls and another with ``await``. Modules are imported only when a profile
-uses them.
+run it with blocking calls and another with ``await``; its token requests go through
+:mod:`authlayer.oauth`. Each module ends with ``FLOW = FlowSpec(...)``, which
+:mod:`authlayer.registry` reads; modules are imported only when a profile uses them. Helpers
+shared by several flows have a leading underscore (:mod:`._person`, :mod:`._workload_env`).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from ..schema import FlowContext, FlowSpec, default_prompt
 
-from ..schema import FlowContext, FlowSpec, default_prompt, endpoint
-
-if TYPE_CHECKING:  # importing the package of flows stays light: config needs its leaf modules
-    from .._http import Action
-    from ..token import TokenResult
-
-__all__ = ["FlowContext", "FlowModule", "FlowSpec", "default_prompt", "endpoint", "load_flow"]
-
-
-class FlowModule(Protocol):
-    def acquire(self, ctx: FlowContext) -> Generator[Action, Any, TokenResult]: ...
-
-
-def load_flow(name: str) -> FlowModule:
-    """The module for flow ``name`` (validated by the config loader)."""
-    return cast(FlowModule, importlib.import_module(f"{__name__}.{name}"))
+__all__ = ["FlowContext", "FlowSpec", "default_prompt"]

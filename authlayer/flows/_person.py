@@ -24,10 +24,10 @@ from typing import Any, Callable, Optional
 from .. import jwt
 from .._http import Action
 from ..errors import TokenError
+from ..oauth import refresh_grant
 from ..profile import Secret
 from ..token import TokenResult
 from . import FlowContext, default_prompt
-from .client_auth import Form, token_request
 
 __all__ = [
     "SIGN_IN_SCOPES",
@@ -124,15 +124,8 @@ def redeem(
 ) -> Generator[Action, Any, TokenResult]:
     """Redeem ``refresh_token`` for the profile's scopes (plus the sign-in scopes, so the
     answer brings the rotated refresh token and an id_token). Raises :class:`TokenError`."""
-    profile = ctx.profile
-    assert profile.client_id is not None
-    form: Form = {
-        "grant_type": "refresh_token",
-        "client_id": profile.client_id,
-        "refresh_token": refresh_token,
-        "scope": scope if scope is not None else sign_in_scope(ctx),
-    }
-    result = yield from token_request(ctx, form, what="refresh token request")
+    result = yield from refresh_grant(
+        ctx, refresh_token, scope=scope if scope is not None else sign_in_scope(ctx))
     return complete(result, refresh_token=refresh_token.reveal(), account=ctx.account)
 
 

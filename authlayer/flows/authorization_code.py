@@ -34,10 +34,10 @@ from .._browser import open_browser
 from .._http import Action, call
 from .._loopback import LoopbackListener
 from ..errors import TokenError, redact
+from ..oauth import claims_request, endpoint, exchange
 from ..token import TokenResult
-from . import FlowContext, endpoint
+from . import FlowContext
 from ._person import complete, show, sign_in_scope, silently_first
-from .client_auth import token_request
 
 __all__ = ["SIGN_IN_TIMEOUT", "acquire", "pkce_pair"]
 
@@ -82,8 +82,9 @@ def authorize_url(ctx: FlowContext, *, redirect_uri: str, state: str, challenge:
             params[key] = value
     if ctx.fresh_sign_in and "prompt" not in params:
         params["prompt"] = "select_account"  # authlayer login: perhaps as someone else
-    if ctx.claims:
-        params["claims"] = ctx.claims
+    claims = claims_request(ctx.claims)
+    if claims:
+        params["claims"] = claims
     return f"{endpoint(profile, 'authorize')}?{urlencode(params)}"
 
 
@@ -158,7 +159,7 @@ def _redeem(
         "code_verifier": verifier,
         "scope": sign_in_scope(ctx),
     }
-    result = yield from token_request(ctx, form, what="authorization code token request")
+    result = yield from exchange(ctx, form, what="authorization code token request")
     return complete(result, account=ctx.account)
 
 

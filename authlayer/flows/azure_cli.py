@@ -14,7 +14,7 @@ service principal or a managed identity, it runs ``az account get-access-token``
 (without a shell, from a system folder, with a timeout that stops its whole process tree).
 :func:`cache_identity` names the account and tenant that would be used, for the cache key. File
 reads and the ``az`` run (:mod:`authlayer._process`) are :class:`~authlayer._http.Call` actions;
-HTTP is :mod:`authlayer._http`'s.
+the token request is :mod:`authlayer.oauth`'s (the shared refresh grant).
 """
 
 from __future__ import annotations
@@ -34,16 +34,20 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from .. import jwt
-from .._http import Action, HttpRequest, call, refresh_time, send, token_response
+from .._http import Action, call
 from .._process import run, which
-from ..config import AZURE_CLI_CLIENT_ID
 from ..errors import TokenError, redact
-from ..profile import Profile
+from ..oauth import refresh_grant, refresh_time
+from ..profile import Profile, Secret
 from ..token import TokenResult
-from . import FlowContext, endpoint
+from . import FlowContext
 
-__all__ = ["AZ_TIMEOUT", "CliState", "acquire", "cache_identity", "config_dir", "find_az",
-           "read_state"]
+__all__ = ["AZURE_CLI_CLIENT_ID", "AZ_TIMEOUT", "CliState", "acquire", "cache_identity",
+           "config_dir", "find_az", "read_state"]
+
+# The Azure CLI's own public client: its refresh tokens are only good for this id (and the
+# family of Microsoft's apps). The default client_id of this flow.
+AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 
 CACHE_FILE = "msal_token_cache.json"
 ENCRYPTED_CACHE_FILE = "msal_token_cache.bin"
@@ -499,21 +503,13 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         why = (cache_error.reason if cache_error is not None
                else "it is signed in as a service principal or managed identity")
     if choice is None:
+        asked = ctx.clock()  # before az runs: its token's lifetime counts from then
         answer = yield from call(lambda: run_az(profile, why, cache_error))
-        return _from_az(profile, answer, ctx.clock())
-    form = {
-        "grant_type": "refresh_token",
-        "client_id": profile.client_id or "",
-        "refresh_token": choice.refresh_token,
-        "scope": profile.scope,
-    }
-    if ctx.claims:
-        form["claims"] = ctx.claims
-    request = HttpRequest("POST", endpoint(profile, "token", choice.tenant), form=form,
-                          timeout=profile.timeout)
-    response = yield from send(request, profile=profile.name)
+        return _from_az(profile, answer, asked)
     try:
-        result = token_response(response, profile=profile.name, now=ctx.clock())
+        result = yield from refresh_grant(
+            ctx, Secret(choice.refresh_token), scope=profile.scope, tenant=choice.tenant,
+            client_id=profile.client_id or "", what="token request", authenticate=False)
     except TokenError as exc:
         raise _refused(profile, exc, choice) from None
     # The CLI's refresh token stays the source of truth: the new one is not kept.

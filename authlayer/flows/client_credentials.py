@@ -7,9 +7,9 @@ from collections.abc import Generator
 from typing import Any
 
 from .._http import Action
+from ..oauth import exchange
 from ..token import TokenResult
 from . import FlowContext
-from .client_auth import token_request
 
 __all__ = ["acquire"]
 
@@ -20,7 +20,7 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     assert profile.client_id is not None
     form = {"grant_type": "client_credentials", "client_id": profile.client_id,
             "scope": profile.scope}
-    return (yield from token_request(ctx, form))
+    return (yield from exchange(ctx, form))
 
 
 # The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to

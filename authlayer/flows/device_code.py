@@ -18,18 +18,11 @@ from collections.abc import Generator
 from dataclasses import replace
 from typing import Any, Optional
 
-from .._http import (
-    Action,
-    HttpRequest,
-    HttpResponse,
-    Sleep,
-    error_from_response,
-    send,
-    token_response,
-)
+from .._http import Action, Sleep
 from ..errors import TokenError
+from ..oauth import endpoint, exchange, post
 from ..token import TokenResult
-from . import FlowContext, endpoint
+from . import FlowContext
 from ._person import complete, show, sign_in_scope, silently_first
 
 __all__ = ["DEFAULT_EXPIRES_IN", "DEFAULT_INTERVAL", "GRANT_TYPE", "MIN_INTERVAL", "acquire"]
@@ -116,34 +109,20 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     name = profile.name
     assert profile.client_id is not None
     start = {"client_id": profile.client_id, "scope": sign_in_scope(ctx)}
-    if ctx.claims:
-        start["claims"] = ctx.claims
-    request = HttpRequest("POST", endpoint(profile, "devicecode"), form=start,
-                          timeout=profile.timeout, what="device code request")
-    response = yield from send(request, profile=name)
-    if response.status != 200:
-        raise error_from_response(response, profile=name, what="device code request")
-    body = response.json_object()
-    if body is None or "error" in body:
-        raise error_from_response(
-            HttpResponse(response.status if body is None else 400, response.headers,
-                         response.content),
-            profile=name, what="device code request")
+    body = yield from post(ctx, endpoint(profile, "devicecode"), start,
+                           what="device code request")
     device_code = _text(body, "device_code")
     message = instructions(body)
     if device_code is None or message is None:
         raise TokenError(
             "device code request answered without a device_code or sign-in instructions",
-            profile=name, status=response.status, error="malformed_response",
+            profile=name, status=200, error="malformed_response",
         )
     interval = max(MIN_INTERVAL, _number(body.get("interval"), DEFAULT_INTERVAL))
     deadline = ctx.clock() + _number(body.get("expires_in"), DEFAULT_EXPIRES_IN)
     show(ctx, message)
 
     form = {"grant_type": GRANT_TYPE, "client_id": profile.client_id, "device_code": device_code}
-    if ctx.claims:
-        form["claims"] = ctx.claims
-    token_url = ctx.token_url()
     while True:
         remaining = deadline - ctx.clock()
         # The wait ends at the deadline at the latest, and the poll made there is the last
@@ -151,14 +130,13 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         last = remaining <= interval
         if remaining > 0:
             yield Sleep(min(interval, remaining))
-        poll = HttpRequest("POST", token_url, form=form, timeout=profile.timeout,
-                           what="device code token request")
-        answer = yield from send(poll, profile=name)
-        if answer.status == 200:
-            result = token_response(answer, profile=name, now=ctx.clock(),
-                                    what="device code token request")
+        try:
+            result = yield from exchange(ctx, form, what="device code token request",
+                                         authenticate=False)
+        except TokenError as exc:
+            err = exc
+        else:
             return complete(result, account=ctx.account)
-        err = error_from_response(answer, profile=name, what="device code token request")
         if err.error not in ("authorization_pending", "slow_down"):
             raise _failure(err, name)
         if last:

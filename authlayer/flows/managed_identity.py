@@ -29,13 +29,12 @@ from .._http import (
     HttpResponse,
     Send,
     Sleep,
-    _retry_after,
     backoff,
-    error_from_response,
+    retry_after,
     send,
-    token_response,
 )
 from ..errors import ConfigError, TokenError, redact
+from ..oauth import parse_error, parse_token
 from ..profile import Profile
 from ..token import TokenResult
 from . import FlowContext
@@ -293,7 +292,7 @@ def _imds(profile: Profile, request: HttpRequest) -> Generator[Action, Any, Http
         budget -= used
         if response is not None and response.status in request.retry_statuses:
             # The probe was the first attempt of the usual bounded retries.
-            wait = _retry_after(response)
+            wait = retry_after(response)
             if (wait is not None and wait > request.max_retry_after) or budget < 1:
                 return response
             log.info("%s to %s: HTTP %d; retrying", WHAT, host, response.status)
@@ -310,7 +309,7 @@ def _imds(profile: Profile, request: HttpRequest) -> Generator[Action, Any, Http
         if response.status != 410 or waited >= STARTING_WINDOW:
             return response
         attempt += 1
-        wait = _retry_after(response)
+        wait = retry_after(response)
         delay = min(max(backoff(attempt) if wait is None else wait, MIN_STARTING_WAIT),
                     MAX_STARTING_WAIT, STARTING_WINDOW - waited)
         waited += max(delay, MIN_STARTING_WAIT)  # the window always moves on
@@ -325,7 +324,7 @@ def _error(profile: Profile, source: Source, response: HttpResponse) -> TokenErr
     ``error_description``); App Service with ``{"statusCode", "message", "correlationId"}``."""
     body = response.json_object() or {}
     entra_shaped = isinstance(body.get("error"), str)
-    base = error_from_response(response, profile=profile.name, what=WHAT) if entra_shaped \
+    base = parse_error(response, profile=profile.name, what=WHAT) if entra_shaped \
         else None
     message = body.get("message") or body.get("Message")
     description = base.description if base is not None else (
@@ -413,6 +412,7 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     if source.kind == "workload_identity":
         return (yield from _workload_identity(ctx, resource))
     request = _request(profile, source, resource, profile.timeout)
+    sent = ctx.clock()  # before asking: the token's lifetime counts from then
     if source.kind == "imds":
         response = yield from _imds(profile, request)
     else:
@@ -428,10 +428,9 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
             ) from exc
     if response.status != 200:
         raise _error(profile, source, response)
-    now = ctx.clock()
-    result = token_response(response, profile=profile.name, now=now, what=WHAT)
+    result = parse_token(response, profile=profile.name, now=sent, what=WHAT)
     # Managed identity tokens live up to 24 h: refresh at half their life, as the SDKs do.
-    return replace(result, refresh_on=int(now + max(0.0, result.expires_on - now) / 2))
+    return replace(result, refresh_on=int(sent + max(0.0, result.expires_on - sent) / 2))
 
 
 # The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to

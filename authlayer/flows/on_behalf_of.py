@@ -12,10 +12,10 @@ from collections.abc import Generator
 from typing import Any
 
 from .._http import Action
+from ..oauth import exchange
 from ..token import TokenResult
 from . import FlowContext
 from ._person import complete
-from .client_auth import token_request
 
 __all__ = ["GRANT_TYPE", "acquire"]
 
@@ -34,7 +34,7 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         "requested_token_use": "on_behalf_of",
         "scope": profile.scope,
     }
-    result = yield from token_request(ctx, form, what="on-behalf-of token request")
+    result = yield from exchange(ctx, form, what="on-behalf-of token request")
     return complete(result)
 
 

@@ -18,11 +18,11 @@ from collections.abc import Generator
 from typing import Any
 
 from .._http import Action
+from ..oauth import Form, exchange, secret_of
 from ..profile import Profile
 from ..token import TokenResult
 from . import FlowContext
 from ._person import complete, sign_in_scope, silently_first
-from .client_auth import Form, secret_of, token_request
 
 __all__ = ["PasswordFlowWarning", "acquire", "cache_identity"]
 
@@ -92,7 +92,7 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         "password": (yield from secret_of(profile.password)),
         "scope": sign_in_scope(ctx),
     }
-    result = yield from token_request(ctx, form, what="password token request")
+    result = yield from exchange(ctx, form, what="password token request")
     return complete(result, account=ctx.account)
 
 

@@ -19,11 +19,11 @@ from typing import Any, Optional
 
 from .._http import Action
 from ..errors import TokenError
+from ..oauth import secret_of
 from ..profile import Profile, Secret
 from ..token import TokenResult
 from . import FlowContext
 from ._person import redeem
-from .client_auth import secret_of
 
 __all__ = ["REFUSED_TOKEN_CODES", "acquire"]
 
@@ -59,8 +59,7 @@ def _with_replace_hint(exc: TokenError, profile: Profile) -> TokenError:
     flow: ``authlayer login`` cannot renew a configured refresh token."""
     source = profile.refresh_token
     assert source is not None
-    where = ("the refresh_token written in the profile" if source.kind == "value"
-             else f"the profile's refresh_token ({source.describe()})")
+    where = f"the profile's refresh_token ({source.describe()})"
     return TokenError(
         profile=exc.profile,
         error=exc.error,

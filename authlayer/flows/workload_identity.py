@@ -6,7 +6,7 @@ The profile is complete when it reaches this module: :mod:`authlayer.config` fil
 ``AZURE_AUTHORITY_HOST`` and ``AZURE_FEDERATED_TOKEN_FILE`` when the profile (and what it
 extends) leaves them out — over ``[defaults]`` — so that cache keys tell two apps apart. This
 module checks that nothing is missing, reads the token file again for every token request (the
-platform rotates it) and sends the grant; the HTTP is :mod:`authlayer._http`'s. Flow
+platform rotates it) and sends the grant; the token request is :mod:`authlayer.oauth`'s. Flow
 ``managed_identity`` comes here too on a host with workload identity, as azure-identity does.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 
 from .._http import Action
 from ..errors import ConfigError
+from ..oauth import ASSERTION_TYPE, exchange, read_secret
 from ..token import TokenResult
 from . import FlowContext
 from ._workload_env import ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID
-from .client_auth import ASSERTION_TYPE, read_secret, token_request
 
 __all__ = ["acquire"]
 
@@ -61,7 +61,7 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         "client_assertion_type": ASSERTION_TYPE,
         "client_assertion": assertion.strip(),
     }
-    return (yield from token_request(ctx, form, authenticate=False))
+    return (yield from exchange(ctx, form, authenticate=False))
 
 
 # The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
