@@ -83,8 +83,6 @@ def _replayable(body: object) -> bool:
 
 
 def _note_redirect(request: ClientRequest, response: ClientResponse, carried: bool) -> None:
-    if response.status not in _REDIRECTS:
-        return
     location = response.headers.get("Location") or response.headers.get("URI")
     if not location:
         return
@@ -99,12 +97,9 @@ def _note_redirect(request: ClientRequest, response: ClientResponse, carried: bo
     _NEXT_HOP.set(_Hop(target, origin, carried))
 
 
-def _redirect_may_carry(request: ClientRequest) -> bool:
+def _redirect_may_carry(request: ClientRequest, hop: _Hop) -> bool:
     """False for a request that is the hop of a redirect away from the origin that had our
     token (or of a redirect of a request that had none)."""
-    hop = _NEXT_HOP.get()
-    if hop is None:
-        return True
     _NEXT_HOP.set(None)
     if hop.url != request.url.with_fragment(None):
         return True  # not that redirect: a request of its own
@@ -124,9 +119,11 @@ async def middleware(auth: EntraAuth, request: ClientRequest,
                                             user_assertion=auth._user_assertion)
         _require_hosts(binding.profile, scope is not None)
         auth._binding = binding
-    if not (_redirect_may_carry(request) and _allowed(binding, request)):
+    hop = _NEXT_HOP.get()
+    if not ((hop is None or _redirect_may_carry(request, hop)) and _allowed(binding, request)):
         response = await handler(request)
-        _note_redirect(request, response, carried=False)
+        if response.status in _REDIRECTS:
+            _note_redirect(request, response, carried=False)
         return response
     entry = PROVIDER.entries.get(binding.key)
     if entry is None or PROVIDER.clock() >= entry.refresh_on:
@@ -134,7 +131,8 @@ async def middleware(auth: EntraAuth, request: ClientRequest,
     request.headers["Authorization"] = entry.header
     response = await handler(request)
     if response.status != 401 or not _replayable(request.body):
-        _note_redirect(request, response, carried=True)
+        if response.status in _REDIRECTS:
+            _note_redirect(request, response, carried=True)
         return response
     claims = claims_from_challenge(response.headers.get("WWW-Authenticate"))
     response.release()  # a short 401 body is in already: the connection goes back to the pool
@@ -144,5 +142,6 @@ async def middleware(auth: EntraAuth, request: ClientRequest,
     response = await handler(request)
     if claims and response.status == 401:  # the claims token was refused in turn
         PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
-    _note_redirect(request, response, carried=True)
+    if response.status in _REDIRECTS:
+        _note_redirect(request, response, carried=True)
     return response

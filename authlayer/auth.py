@@ -399,8 +399,7 @@ class EntraAuth(httpx.Auth):
         handler. aiohttp calls a client middleware with the request and the next handler: the
         same contract, in authlayer._aiohttp (imported only then)."""
         if handler is not None:
-            from ._aiohttp import middleware
-
+            middleware = _aiohttp_middleware or _load_aiohttp_middleware()
             return middleware(self, r, handler)  # type: ignore[arg-type]
         if not r.url or not self._allowed(r.url):
             return r
@@ -422,6 +421,21 @@ class EntraAuth(httpx.Auth):
             # What register_hook does, without its slow isinstance(hook, Callable) check.
             r.hooks["response"].append(_RequestsRetry(self, entry, position))
         return r
+
+
+_Middleware = Callable[[EntraAuth, "ClientRequest", "ClientHandlerType"],
+                      "Awaitable[ClientResponse]"]
+_aiohttp_middleware: Optional[_Middleware] = None
+
+
+def _load_aiohttp_middleware() -> _Middleware:
+    """authlayer._aiohttp, imported the first time aiohttp calls an EntraAuth (an import
+    statement on every request would cost more than the rest of the middleware)."""
+    global _aiohttp_middleware
+    from ._aiohttp import middleware
+
+    _aiohttp_middleware = middleware
+    return middleware
 
 
 class _RequestsRetry:
