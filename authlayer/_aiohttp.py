@@ -135,7 +135,9 @@ async def middleware(auth: EntraAuth, request: ClientRequest,
             _note_redirect(request, response, carried=True)
         return response
     claims = claims_from_challenge(response.headers.get("WWW-Authenticate"))
-    response.release()  # a short 401 body is in already: the connection goes back to the pool
+    # Not read: a short 401 body has arrived with the headers and the connection is reused;
+    # a long one is not waited for (aiohttp closes that connection instead).
+    response.release()
     entry = await PROVIDER.after_rejection_async(binding, entry, claims=claims,
                                                  prompt=auth._prompt)
     request.headers["Authorization"] = entry.header
