@@ -14,7 +14,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncGenerator, Generator
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, overload
 from urllib.parse import urlsplit
 from urllib.request import getproxies
 
@@ -26,7 +26,11 @@ from .profile import Profile
 from .provider import PROVIDER, Binding, CachedToken, PathArg, ScopeArg
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     import requests
+    from aiohttp import ClientRequest, ClientResponse
+    from aiohttp.client_middlewares import ClientHandlerType
 
 __all__ = ["EntraAuth", "challenge_params", "claims_from_challenge"]
 
@@ -207,11 +211,12 @@ def _require_hosts(profile: Profile, scope_given: bool) -> None:
 
 
 class EntraAuth(httpx.Auth):
-    """Attach a profile's Entra ID token to requests, with ``requests`` or ``httpx``.
+    """Attach a profile's Entra ID token to requests, with ``requests``, ``httpx`` or aiohttp.
 
     >>> session.auth = EntraAuth("prod-graph")               # requests
     >>> httpx.Client(auth=EntraAuth("prod-graph"))          # httpx, sync
     >>> httpx.AsyncClient(auth=EntraAuth("prod-graph"))     # httpx, async
+    >>> aiohttp.ClientSession(middlewares=(EntraAuth("prod-graph"),))  # aiohttp 3.12+
 
     ``profile`` defaults to ``$AUTHLAYER_PROFILE``; ``config`` is the profiles file;
     ``scope`` and ``tenant`` override the profile's; ``user_assertion`` is the incoming token for
@@ -354,9 +359,11 @@ class EntraAuth(httpx.Auth):
         binding = self._binding
         if binding is None:  # first request: read the profile off the event loop
             profile, config, scope, tenant = self._args
-            binding = self._binding = await PROVIDER.bind_async(
+            binding = await PROVIDER.bind_async(
                 profile, config=config, scope=scope, tenant=tenant,
                 user_assertion=self._user_assertion)
+            _require_hosts(binding.profile, scope is not None)
+            self._binding = binding
         if not self._httpx_allowed(binding, request.url):
             yield request
             return
@@ -376,10 +383,24 @@ class EntraAuth(httpx.Auth):
         if claims and response.status_code == 401:  # the claims token was refused in turn
             PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
 
-    # ------------------------------------------------------------------ requests
+    # ------------------------------------------------------------------ requests, aiohttp
 
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        """requests: attach the token and register the 401 handler."""
+    @overload
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest: ...
+
+    @overload
+    def __call__(self, r: ClientRequest,
+                 handler: ClientHandlerType) -> Awaitable[ClientResponse]: ...
+
+    def __call__(  # type: ignore[misc]  # r is a ClientRequest when handler is given
+        self, r: requests.PreparedRequest, handler: Optional[ClientHandlerType] = None
+    ) -> Any:
+        """requests calls an auth with the request: attach the token and register the 401
+        handler. aiohttp calls a client middleware with the request and the next handler: the
+        same contract, in authlayer._aiohttp (imported only then)."""
+        if handler is not None:
+            middleware = _aiohttp_middleware or _load_aiohttp_middleware()
+            return middleware(self, r, handler)  # type: ignore[arg-type]
         if not r.url or not self._allowed(r.url):
             return r
         entry = self._token()
@@ -400,6 +421,21 @@ class EntraAuth(httpx.Auth):
             # What register_hook does, without its slow isinstance(hook, Callable) check.
             r.hooks["response"].append(_RequestsRetry(self, entry, position))
         return r
+
+
+_Middleware = Callable[[EntraAuth, "ClientRequest", "ClientHandlerType"],
+                      "Awaitable[ClientResponse]"]
+_aiohttp_middleware: Optional[_Middleware] = None
+
+
+def _load_aiohttp_middleware() -> _Middleware:
+    """authlayer._aiohttp, imported the first time aiohttp calls an EntraAuth (an import
+    statement on every request would cost more than the rest of the middleware)."""
+    global _aiohttp_middleware
+    from ._aiohttp import middleware
+
+    _aiohttp_middleware = middleware
+    return middleware
 
 
 class _RequestsRetry:

@@ -1,6 +1,6 @@
 """Shared fixtures: one emulator per test session (reset per test), a fresh provider per test,
 profile files in a temporary folder, and a `client` fixture that runs the same request through
-requests, httpx.Client and httpx.AsyncClient."""
+requests, httpx.Client, httpx.AsyncClient and an aiohttp.ClientSession."""
 
 from __future__ import annotations
 
@@ -208,7 +208,9 @@ class Answer:
 
 
 class Client:
-    """Sends one request with a given auth through requests, httpx or httpx async."""
+    """Sends one request with a given auth through requests, httpx, httpx async or aiohttp
+    (``EntraAuth`` as its middleware; ``trust_env`` on, as requests and httpx have it). Each
+    follows redirects, as requests and aiohttp do by default."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -223,22 +225,39 @@ class Client:
                 r = session.request(method, url, timeout=10, **kwargs)
                 return Answer(r.status_code, r.content, len(r.history))
         if self.kind == "httpx":
-            with httpx.Client(auth=auth, timeout=10) as client:
+            with httpx.Client(auth=auth, timeout=10, follow_redirects=True) as client:
                 h = client.request(method, url, **kwargs)
                 return Answer(h.status_code, h.content, len(h.history))
 
         async def go() -> Answer:
-            async with httpx.AsyncClient(auth=auth, timeout=10) as client:
+            async with httpx.AsyncClient(auth=auth, timeout=10, follow_redirects=True) as client:
                 h = await client.request(method, url, **kwargs)
                 return Answer(h.status_code, h.content, len(h.history))
 
+        if self.kind == "aiohttp":
+            return asyncio.run(_aiohttp_request(method, url, auth, **kwargs))
         return asyncio.run(go())
 
     def get(self, url: str, auth: Any, **kwargs: Any) -> Answer:
         return self.request("GET", url, auth, **kwargs)
 
 
-@pytest.fixture(params=["requests", "httpx", "httpx-async"])
+async def _aiohttp_request(method: str, url: str, auth: Any, *,
+                           files: Optional[dict[str, Any]] = None, **kwargs: Any) -> Answer:
+    import aiohttp
+
+    if files is not None:  # requests' and httpx's files= as aiohttp spells it
+        form = aiohttp.FormData()
+        for field, (filename, content) in files.items():
+            form.add_field(field, content, filename=filename)
+        kwargs["data"] = form
+    async with aiohttp.ClientSession(middlewares=(auth,), trust_env=True,
+                                     timeout=aiohttp.ClientTimeout(total=10)) as session, \
+            session.request(method, url, **kwargs) as r:
+        return Answer(r.status, await r.read(), len(r.history))
+
+
+@pytest.fixture(params=["requests", "httpx", "httpx-async", "aiohttp"])
 def client(request: pytest.FixtureRequest) -> Client:
     return Client(str(request.param))
 

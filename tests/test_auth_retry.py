@@ -25,7 +25,9 @@ def test_after_revocation_the_request_is_resent_once(emu: Emulator, cc_profile: 
     emu.revoke_all()
     answer = client.get(f"{emu.api_url}/a", auth)
     assert answer.status == 200
-    assert answer.history == 1  # the first 401 is kept in the history
+    # The first 401 is kept in the history (aiohttp's history holds redirects only: a
+    # middleware cannot add to it).
+    assert answer.history == (0 if client.kind == "aiohttp" else 1)
     assert emu.count("token") == 2
     assert emu.count("api") == 3
 

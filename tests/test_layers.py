@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "authlayer"
 LAYERS: dict[str, int] = {
     **dict.fromkeys(("authlayer", "authlayer.__main__", "authlayer.cli", "authlayer.auth",
                      "authlayer.azure_credential", "authlayer.aio", "authlayer.demo",
-                     "authlayer.extend"), 5),
+                     "authlayer.extend", "authlayer._aiohttp"), 5),
     **dict.fromkeys(("authlayer.provider", "authlayer._singleflight"), 4),
     **dict.fromkeys(("authlayer.config", "authlayer.config._find", "authlayer.config._layers",
                      "authlayer.config._build", "authlayer.registry"), 3),
@@ -80,10 +80,12 @@ def _module_name(path: Path) -> str:
 
 def _layer(module: str) -> int:
     name = module
-    while name:
+    while name and name != "authlayer":  # the root's layer is its own, not its modules'
         if name in LAYERS:
             return LAYERS[name]
         name = name.rpartition(".")[0]
+    if module == "authlayer":
+        return LAYERS[module]
     raise KeyError(module)
 
 
