@@ -69,6 +69,7 @@ input[type=text] { display: block; width: 100%; font: inherit; padding: .6rem .7
 input.code { font: 600 1.4rem/1.2 ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
   letter-spacing: .15em; text-transform: uppercase; }
 .hint { font-size: .875rem; color: #4a5260; margin: .4rem 0 1rem; }
+.hint span { white-space: nowrap; }
 .error { border-left: 4px solid #b42318; background: #fdecea; color: #7a1810;
   padding: .6rem .8rem; border-radius: 4px; margin: 0 0 1rem; }
 .facts { margin: 0 0 1rem; padding: .75rem 1rem; background: #f5f7fa; border-radius: 6px; }
@@ -183,6 +184,9 @@ def scope_lines(scope: str) -> list[str]:
     return items
 
 
+_LISTED = 5  # people named under the field; the list to choose from has them all
+
+
 def account_form(
     *,
     title: str,
@@ -203,7 +207,9 @@ def account_form(
     """Sign in and consent on one page: who signs in (choose a known person or type a name),
     what the app asks for, and two buttons; Enter means ``yes``."""
     listed = "".join(f'<option value="{esc(p)}"></option>' for p in people)
-    known = (f'<p class="hint" id="account-hint">People here: {esc(", ".join(people))}. '
+    shown = ", ".join(f"<span>{esc(p)}</span>" for p in people[:_LISTED]) + (
+        f" and {len(people) - _LISTED} more" if len(people) > _LISTED else "")
+    known = (f'<p class="hint" id="account-hint">People here: {shown}. '
              "Type another name to add that person.</p>\n" if people else
              '<p class="hint" id="account-hint">No people yet: type a name to add one.</p>\n')
     body = (
