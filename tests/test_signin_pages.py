@@ -465,3 +465,10 @@ def test_auto_approve_needs_a_user() -> None:
     assert done.returncode == 2
     assert done.stderr == ("authlayer emulator: --auto-approve needs --user NAME: the person who "
                            "signs in\n")
+
+
+def test_a_user_name_with_spaces_is_refused() -> None:
+    done = run_authlayer("emulator", "--user", "alice smith")
+    assert done.returncode == 2
+    assert done.stderr == ("authlayer emulator: --user needs a user name like "
+                           "alice@contoso.onmicrosoft.com, not 'alice smith'\n")
