@@ -21,6 +21,15 @@ Controls, on ``authorize_controls(emu)`` (an :class:`Authorizer`, per emulator):
 ``expire_codes()``  every code issued so far is expired;
 ``issued``  the :class:`AuthCode` values issued so far, oldest first.
 
+``interactive``  ``True``: show the sign-in page (below) instead of signing in at once;
+    ``authlayer emulator`` turns it on unless ``--auto-approve``. ``deny()`` still wins.
+
+The sign-in page (``interactive``): the app, its organisation and what it asks for; who signs
+in (a known person, the ``login_hint`` or ``sign_in_as`` one first, or a typed name, which adds
+that person); *Accept* sends the browser back with a code, *Cancel* with ``access_denied``.
+The page's form posts to the same URL with a one-use page nonce that stands for the checked
+request, so nothing the browser sends back can change where the code goes.
+
 ``emu.reset()`` forgets codes and switches.
 """
 
@@ -29,7 +38,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import html
 import re
 import secrets
 import threading
@@ -39,11 +47,18 @@ from typing import TYPE_CHECKING, Optional
 from urllib.parse import urlencode, urlsplit
 
 from ..hosts import is_loopback
+from . import pages
 from .clientauth import authenticate_client, missing_parameter
 from .grants import grant
 from .routes import route
 from .state import TenantRef, User
-from .users import ensure_known_client, parse_scopes, user_for_sign_in, user_token_response
+from .users import (
+    ensure_known_client,
+    parse_scopes,
+    sign_in_person,
+    user_for_sign_in,
+    user_token_response,
+)
 from .wire import EntraError, Request, Response, text_response
 
 if TYPE_CHECKING:
@@ -81,6 +96,7 @@ class Authorizer:
         self._codes: dict[str, AuthCode] = {}
         self.user: Optional[tuple[str, Optional[str]]] = None
         self.denial: Optional[tuple[str, str]] = None
+        self.interactive = False
 
     def reset(self) -> None:
         """Forget codes and switches."""
@@ -88,6 +104,7 @@ class Authorizer:
             self._codes.clear()
             self.user = None
             self.denial = None
+            self.interactive = False
 
     def sign_in_as(self, username: Optional[str], *, tenant: Optional[str] = None) -> None:
         """The person the authorize endpoint signs in from now on (``None``: the default)."""
@@ -135,10 +152,7 @@ def authorize_controls(emu: Emulator) -> Authorizer:
 
 
 def _error_page(code: int, message: str) -> Response:
-    text = (f"<!doctype html><html><head><title>Sign in</title></head><body>"
-            f"<h1>Sorry, but we're having trouble signing you in.</h1>"
-            f"<p>AADSTS{code}: {html.escape(message)}</p></body></html>")
-    return text_response(text, status=400, content_type="text/html; charset=utf-8")
+    return pages.error_page(code, message)
 
 
 def _redirect(redirect_uri: str, params: dict[str, str]) -> Response:
@@ -221,14 +235,83 @@ def authorize_endpoint(emu: Emulator, req: Request) -> Response:
     if controls.denial is not None:
         return fail(*controls.denial)
     user = _person(emu, controls, tenant_ref, q.get("login_hint"))
+    asked = _Asked(app.client_id, redirect_uri, state, challenge, method, scope,
+                   q.get("nonce"), tenant_ref.segment)
+    if controls.interactive:
+        return _sign_in_page(emu, asked, pages.page_nonces(emu).issue("authorize", asked),
+                             account=user.username if user is not None else q.get("login_hint"))
     if user is None:
         return fail("login_required", "AADSTS50058: A silent sign-in request was sent but no "
                                       "user is signed in (add a user to the emulator).")
-    code = controls.create(
-        client_id=app.client_id, redirect_uri=redirect_uri, code_challenge=challenge,
-        code_challenge_method=method, scope=scope, username=user.username,
-        tenant_id=user.tenant_id, nonce=q.get("nonce"))
-    return _redirect(redirect_uri, {"code": code.code, **back})
+    return _issue(emu, asked, user)
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """An authorize request that passed the checks, kept while the person answers the page."""
+
+    client_id: str
+    redirect_uri: str
+    state: Optional[str]
+    code_challenge: Optional[str]
+    code_challenge_method: str
+    scope: str
+    nonce: Optional[str]
+    tenant_segment: str
+
+    def back(self, params: dict[str, str]) -> Response:
+        extra = {} if self.state is None else {"state": self.state}
+        return _redirect(self.redirect_uri, {**params, **extra})
+
+
+def _issue(emu: Emulator, asked: _Asked, user: User) -> Response:
+    code = authorize_controls(emu).create(
+        client_id=asked.client_id, redirect_uri=asked.redirect_uri,
+        code_challenge=asked.code_challenge, code_challenge_method=asked.code_challenge_method,
+        scope=asked.scope, username=user.username, tenant_id=user.tenant_id, nonce=asked.nonce)
+    return asked.back({"code": code.code})
+
+
+def _sign_in_page(emu: Emulator, asked: _Asked, nonce: str, *, account: Optional[str],
+                  error: Optional[str] = None) -> Response:
+    ref = emu.state.resolve_tenant(asked.tenant_segment)
+    tenant = ref.tenant or emu.state.find_tenant(emu.tenant_id)
+    assert tenant is not None
+    app = emu.state.app(asked.client_id)
+    people = pages.people_in(emu, tenant.id)
+    return pages.account_form(
+        title=f"Sign in to {app.display_name if app else 'the app'}",
+        intro="The app asks you to sign in. Accept only if you started this sign-in.",
+        action=f"/{asked.tenant_segment}/oauth2/v2.0/authorize", nonce=nonce,
+        app_name=app.display_name if app else asked.client_id, client_id=asked.client_id,
+        tenant=", ".join(tenant.domains) or tenant.id, scope=asked.scope, people=people,
+        account=account if account is not None else (people[0] if people else ""),
+        yes="Accept", no="Cancel", error=error, status=400 if error else 200)
+
+
+@route("POST", "/{tenant}/oauth2/v2.0/authorize", endpoint="authorize")
+def authorize_form(emu: Emulator, req: Request) -> Response:
+    """The person's answer on the sign-in page: back to the app with a code, or with
+    ``access_denied``."""
+    if not pages.same_origin(req):
+        return pages.cross_site()
+    nonces = pages.page_nonces(emu)
+    ok, asked = nonces.take(req.form.get("nonce", ""), "authorize")
+    if not ok or not isinstance(asked, _Asked):
+        return _error_page(50058, "This sign-in page was open too long or was sent twice. "
+                                  "Start the sign-in again from the app.")
+    # Enter in the name field submits with the first button, Accept: no action means that.
+    if req.form.get("action", "approve") == "decline":
+        return asked.back({"error": "access_denied",
+                           "error_description": "AADSTS65004: User declined to consent to "
+                                                "access the app."})
+    typed = req.form.get("username", "")
+    try:
+        user = sign_in_person(emu, emu.state.resolve_tenant(asked.tenant_segment), typed)
+    except ValueError as exc:
+        return _sign_in_page(emu, asked, nonces.issue("authorize", asked), account=typed[:256],
+                             error=str(exc))
+    return _issue(emu, asked, user)
 
 
 def _s256(verifier: str) -> str:

@@ -21,6 +21,13 @@ Controls, on ``device_codes(emu)`` (a :class:`DeviceCodes`, per emulator):
 ``send_message``, ``send_interval``, ``send_complete_uri``  leave out ``message`` or
     ``interval``, or add ``verification_uri_complete``, to mimic other servers.
 
+``auto_approve``  a user name: every new code is approved at once as that person (scripted
+    runs: ``authlayer emulator --user NAME --auto-approve``); ``None`` (default) waits.
+
+The person's side is a page, ``GET /devicelogin`` (the ``verification_uri``; ``?otc=CODE``
+fills the code in): type the code, then choose or type who signs in (a new name adds that
+person to the code's tenant) and approve or decline. Pages are rendered in ``pages.py``.
+
 ``emu.reset()`` forgets every code and restores the defaults.
 """
 
@@ -32,11 +39,18 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional
 
+from . import pages
 from .clientauth import authenticate_client, missing_parameter
 from .grants import grant
 from .routes import route
 from .state import TenantRef
-from .users import ensure_known_client, parse_scopes, user_for_sign_in, user_token_response
+from .users import (
+    ensure_known_client,
+    parse_scopes,
+    sign_in_person,
+    user_for_sign_in,
+    user_token_response,
+)
 from .wire import EntraError, Request, Response, json_response
 
 if TYPE_CHECKING:
@@ -83,6 +97,7 @@ class DeviceCodes:
         self.send_message = True
         self.send_interval = True
         self.send_complete_uri = False
+        self.auto_approve: Optional[str] = None
 
     def reset(self) -> None:
         """Forget every code and restore the defaults."""
@@ -137,6 +152,14 @@ class DeviceCodes:
         """The newest pending code, or ``None``."""
         waiting = self.pending()
         return waiting[-1] if waiting else None
+
+    def find_pending(self, user_code: str) -> Optional[DeviceCode]:
+        """The pending code a person typed (any case, dashes and spaces ignored), or ``None``."""
+        wanted = "".join(user_code.split()).replace("-", "").upper()
+        for code in self.pending():
+            if code.user_code == wanted:
+                return code
+        return None
 
     def wait_for_pending(self, timeout: float = 5.0) -> DeviceCode:
         """Block until a code is pending (for a test thread that plays the person); return the
@@ -235,6 +258,9 @@ def devicecode_endpoint(emu: Emulator, req: Request) -> Response:
             f"'{tenant_ref.segment}'.")
     controls = device_codes(emu)
     code = controls.create(app.client_id, tenant_ref.segment, scope)
+    if controls.auto_approve:
+        person = sign_in_person(emu, tenant_ref, controls.auto_approve)
+        controls.approve(code.user_code, username=person.username, tenant=person.tenant_id)
     verification_uri = f"{emu.url}/devicelogin"
     body: dict[str, object] = {
         "user_code": code.user_code,
@@ -289,3 +315,86 @@ def device_code_grant(emu: Emulator, req: Request, tenant_ref: TenantRef) -> Res
     if user is None:
         raise EntraError("invalid_grant", 50020, "The person no longer exists.")
     return user_token_response(emu, req, client=client, user=user, scope=code.scope)
+
+
+# --------------------------------------------------------------------------- the person's page
+
+_PAGE = "/devicelogin"
+
+
+@route("GET", _PAGE, endpoint="devicelogin")
+def devicelogin_page(emu: Emulator, req: Request) -> Response:
+    """Step one: the person types the code (``?otc=`` fills it in)."""
+    return pages.code_form(_PAGE, pages.page_nonces(emu).issue("device-code"),
+                           code=req.query.get("otc", "")[:32])
+
+
+@route("POST", _PAGE, endpoint="devicelogin")
+def devicelogin_form(emu: Emulator, req: Request) -> Response:
+    """The two forms of the page: the code typed (step one), then who signs in and the
+    person's answer (step two)."""
+    nonces = pages.page_nonces(emu)
+    nonce = req.form.get("nonce", "")
+    if not pages.same_origin(req):
+        return pages.cross_site()
+    ok, user_code = nonces.take(nonce, "device-consent")
+    if ok:
+        return _answer(emu, req, str(user_code))
+    ok, _ = nonces.take(nonce, "device-code")
+    if not ok:
+        return pages.code_form(_PAGE, nonces.issue("device-code"), status=400,
+                               error="This page was open too long or was sent twice. "
+                                     "Type the code again.")
+    typed = req.form.get("user_code", "")
+    code = device_codes(emu).find_pending(typed)
+    if code is None:
+        return pages.code_form(_PAGE, nonces.issue("device-code"), code=typed[:32], status=400,
+                               error="That code is not right, or it has expired. Check the "
+                                     "code and try again, or start the sign-in again.")
+    return _consent(emu, code, nonces.issue("device-consent", code.user_code))
+
+
+def _consent(emu: Emulator, code: DeviceCode, nonce: str, *, account: Optional[str] = None,
+             error: Optional[str] = None) -> Response:
+    ref = emu.state.resolve_tenant(code.tenant_segment)
+    tenant = ref.tenant or emu.state.find_tenant(emu.tenant_id)
+    assert tenant is not None
+    app = emu.state.app(code.client_id)
+    people = pages.people_in(emu, tenant.id)
+    return pages.account_form(
+        title="Sign in on another device",
+        intro="An app on another device is signing you in. Approve only if you started "
+              "this sign-in.",
+        action=_PAGE, nonce=nonce, app_name=app.display_name if app else code.client_id,
+        client_id=code.client_id, tenant=", ".join(tenant.domains) or tenant.id,
+        scope=code.scope, people=people,
+        account=account if account is not None else (people[0] if people else ""),
+        yes="Approve", no="Decline", error=error, status=400 if error else 200)
+
+
+def _answer(emu: Emulator, req: Request, user_code: str) -> Response:
+    controls = device_codes(emu)
+    code = controls.find_pending(user_code)
+    if code is None:
+        return pages.message_page("This code has expired", [
+            "The sign-in took too long, or it was answered already. Start it again on your "
+            "device."], status=400, kind="stop")
+    # Enter in the name field submits with the first button, Approve: no action means that.
+    if req.form.get("action", "approve") == "decline":
+        controls.decline(code.user_code)
+        return pages.message_page("Sign-in declined", [
+            "You declined the sign-in. The app on the other device was told so.",
+            "You can close this window."], kind="stop")
+    typed = req.form.get("username", "")
+    ref = emu.state.resolve_tenant(code.tenant_segment)
+    try:
+        person = sign_in_person(emu, ref, typed)
+    except ValueError as exc:
+        return _consent(emu, code, pages.page_nonces(emu).issue("device-consent", code.user_code),
+                        account=typed[:256], error=str(exc))
+    controls.approve(code.user_code, username=person.username, tenant=person.tenant_id)
+    app = emu.state.app(code.client_id)
+    return pages.message_page("You're signed in", [
+        f"You signed in to {app.display_name if app else code.client_id} as "
+        f"{person.username}.",
+        "Go back to your device: it carries on by itself. You can close this window."])

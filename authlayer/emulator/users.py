@@ -72,6 +72,7 @@ __all__ = [
     "refresh_tokens",
     "require_mfa",
     "revoke_refresh_tokens",
+    "sign_in_person",
     "user_for_sign_in",
     "user_token_response",
 ]
@@ -491,3 +492,20 @@ def password_grant(emu: Emulator, req: Request, tenant_ref: TenantRef) -> Respon
                    "The user is required to use multi-factor authentication: enrol first.")
         raise EntraError("interaction_required", code, message, suberror="basic_action")
     return user_token_response(emu, req, client=client, user=user, scope=scope)
+
+
+def sign_in_person(emu: Emulator, tenant_ref: TenantRef, name: str) -> User:
+    """The person a sign-in page was given: a known one (see :func:`user_for_sign_in`), else a
+    new person added to the request's tenant (the default one for ``organizations`` and
+    ``common``). A name without ``@`` gets the tenant's domain. ``ValueError`` (with a message
+    for the person) for a name that cannot be a user name."""
+    name = name.strip()
+    if not name or len(name) > 256 or any(c.isspace() or not c.isprintable() for c in name):
+        raise ValueError("Type a user name, like alice@contoso.onmicrosoft.com.")
+    tenant = tenant_ref.tenant or emu.state.find_tenant(emu.tenant_id)
+    assert tenant is not None
+    if "@" not in name:
+        domain = tenant.domains[0] if tenant.domains else f"{tenant.id}.onmicrosoft.com"
+        name = f"{name}@{domain}"
+    found = user_for_sign_in(emu, tenant_ref, name)
+    return found if found is not None else emu.state.add_user(name, tenant=tenant.id)
