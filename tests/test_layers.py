@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "authlayer"
 LAYERS: dict[str, int] = {
     **dict.fromkeys(("authlayer", "authlayer.__main__", "authlayer.cli", "authlayer.auth",
                      "authlayer.azure_credential", "authlayer.aio", "authlayer.demo",
-                     "authlayer.extend", "authlayer._aiohttp"), 5),
+                     "authlayer.extend", "authlayer._aiohttp", "authlayer.pytest_plugin"), 5),
     **dict.fromkeys(("authlayer.provider", "authlayer._singleflight"), 4),
     **dict.fromkeys(("authlayer.config", "authlayer.config._find", "authlayer.config._layers",
                      "authlayer.config._build", "authlayer.registry"), 3),
