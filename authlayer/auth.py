@@ -23,7 +23,7 @@ import httpx
 from .errors import ConfigError
 from .jwt import JWTError, b64url_decode
 from .profile import Profile
-from .provider import PROVIDER, Binding, CachedToken, PathArg, ScopeArg
+from .provider import PROVIDER, Binding, CachedToken, PathArg, ScopeArg, after_401
 
 if TYPE_CHECKING:
     import requests
@@ -341,7 +341,7 @@ class EntraAuth(httpx.Auth):
             return
         claims = claims_from_challenge(response.headers.get("www-authenticate"))
         response.read()
-        entry = PROVIDER.after_rejection(binding, entry, claims=claims, prompt=self._prompt)
+        entry = PROVIDER.get(binding, after_401(entry, claims), prompt=self._prompt)
         request.headers["Authorization"] = entry.header
         response = yield request
         if claims and response.status_code == 401:  # the claims token was refused in turn
@@ -369,8 +369,7 @@ class EntraAuth(httpx.Auth):
             return
         claims = claims_from_challenge(response.headers.get("www-authenticate"))
         await response.aread()
-        entry = await PROVIDER.after_rejection_async(binding, entry, claims=claims,
-                                                     prompt=self._prompt)
+        entry = await PROVIDER.get_async(binding, after_401(entry, claims), prompt=self._prompt)
         request.headers["Authorization"] = entry.header
         response = yield request
         if claims and response.status_code == 401:  # the claims token was refused in turn
@@ -434,8 +433,8 @@ class _RequestsRetry:
         # Consume and release the first answer so its connection can be reused.
         _ = r.content
         r.close()
-        entry = PROVIDER.after_rejection(self.auth.binding, self.entry, claims=claims,
-                                         prompt=self.auth._prompt)
+        entry = PROVIDER.get(self.auth.binding, after_401(self.entry, claims),
+                             prompt=self.auth._prompt)
         again = prep.copy()
         again._authlayer_resent = True  # type: ignore[attr-defined,unused-ignore]
         jar = again._cookies  # type: ignore[attr-defined]

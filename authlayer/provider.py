@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 from . import registry
@@ -45,7 +46,8 @@ from .profile import Profile
 from .store import MemoryStore, TokenStore
 from .token import AccessToken, TokenResult
 
-__all__ = ["PROVIDER", "Binding", "CachedToken", "Provider", "get_token", "get_token_async",
+__all__ = ["FORCED", "LOGIN", "PLAIN", "POLICY", "PROVIDER", "Binding", "CachedToken", "Need",
+           "Policy", "Provider", "Want", "after_401", "for_claims", "get_token", "get_token_async",
            "reset"]
 
 log = logging.getLogger("authlayer")
@@ -91,6 +93,82 @@ class CachedToken(NamedTuple):
 
     def __repr__(self) -> str:
         return f"CachedToken({self.token!r}, refresh_on={self.refresh_on})"
+
+
+# ---------------------------------------------------------------------- what a caller needs
+
+
+class Want(Enum):
+    """What a caller asks the provider for (see :class:`Need` and :data:`POLICY`)."""
+
+    PLAIN = "plain"  # a valid token, from the cache when it can
+    FORCED = "forced"  # a new token (get_token(force_refresh=True))
+    AFTER_401 = "after_401"  # a new token instead of one that got a 401
+    CLAIMS = "claims"  # a token for a claims challenge (kept under its own key)
+    LOGIN = "login"  # a new sign-in (authlayer login)
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one caller needs, as one value: ``want``, the claims of a claims challenge, the
+    token that got a 401, and whether a person may be asked to sign in. Build it with
+    :data:`PLAIN`, :data:`FORCED`, :data:`LOGIN`, :func:`after_401` or :func:`for_claims`, and
+    ``.but(interactive=False)``."""
+
+    want: Want
+    claims: Optional[str] = None
+    rejected: Optional[CachedToken] = None
+    interactive: bool = True
+
+    def but(self, *, interactive: bool) -> Need:
+        return replace(self, interactive=interactive)
+
+
+PLAIN = Need(Want.PLAIN)
+FORCED = Need(Want.FORCED)
+LOGIN = Need(Want.LOGIN)
+
+
+def after_401(rejected: CachedToken, claims: Optional[str] = None) -> Need:
+    """A token to send again after ``rejected`` got a 401 (a claims challenge: for ``claims``)."""
+    if claims:
+        return Need(Want.CLAIMS, claims, rejected)
+    return Need(Want.AFTER_401, rejected=rejected)
+
+
+def for_claims(claims: str) -> Need:
+    """A token for a claims challenge that some code other than ours saw (an Azure SDK)."""
+    return Need(Want.CLAIMS, claims)
+
+
+class Policy(NamedTuple):
+    """How the provider serves one :class:`Want`: every decision that depends on it."""
+
+    cached: bool  # serve a cached entry that is not due (a due, valid one too, refreshing it
+    #               in the background)
+    no_wait: bool  # a follower with a still-valid entry uses it instead of waiting for a flight
+    takes: Optional[frozenset[Want]]  # whose flights' tokens a follower takes (None: any
+    #                                   leader's, but never the token that got the 401)
+    recheck: Optional[str]  # the leader first looks at memory again: "fresh" (not due) or
+    #                         "valid" (any valid entry but the rejected one)
+    current_ok: bool  # the current token will do: reuse a fresh one another process stored;
+    #                   while it is valid, nobody is asked to sign in, and a failed refresh
+    #                   keeps it in use
+    fresh_sign_in: bool  # sign in anew; on success only, replace the account's tokens
+    cooldown: bool  # a token that got a 401 may be sent again during a cooldown instead
+    refusals: bool  # the new token is watched: refused again moments later starts a cooldown
+
+
+_FORCED = frozenset({Want.FORCED, Want.LOGIN})
+_LOGIN = frozenset({Want.LOGIN})
+POLICY: dict[Want, Policy] = {
+    #                        cached no_wait takes    recheck  current_ok fresh  cooldown refusals
+    Want.PLAIN:     Policy(True,  True,   None,    "fresh", True,      False, False,   False),
+    Want.FORCED:    Policy(False, False,  _FORCED, None,    False,     False, False,   False),
+    Want.AFTER_401: Policy(False, False,  None,    "valid", False,     False, True,    True),
+    Want.CLAIMS:    Policy(True,  True,   None,    "fresh", False,     False, True,    False),
+    Want.LOGIN:     Policy(False, False,  _LOGIN,  None,    False,     True,  False,   False),
+}
 
 
 def _digest(text: str) -> str:
@@ -358,32 +436,21 @@ class Provider:
 
     # ------------------------------------------------------------------ the slow path, sans I/O
 
-    def _obtain(
-        self,
-        binding: Binding,
-        *,
-        key: str,
-        claims: Optional[str] = None,
-        force: bool = False,
-        rejected: bool = False,
-        fresh_sign_in: bool = False,
-        interactive: bool = True,
-        prompt: Prompt = None,
-    ) -> Generator[Action, Any, CachedToken]:
+    def _obtain(self, binding: Binding, key: str, need: Need, prompt: Prompt,
+                discard: bool = False) -> Generator[Action, Any, CachedToken]:
         """Get a token from the store or the flow and keep it (under ``key``: the plain key, or
-        a claims key). Runs as the leader of ``key``'s single flight.
-
-        ``force``: don't reuse a stored token. ``rejected``: the stored token got a 401; forget
-        it (not the refresh token). ``fresh_sign_in``: ``authlayer login`` — sign in anew and,
-        on success only, replace the account's tokens.
+        a claims key), as :data:`POLICY` says for ``need``. Runs as the leader of ``key``'s
+        single flight. ``discard``: the stored token got a 401; forget it (not the refresh
+        token) first.
         """
+        policy = POLICY[need.want]
         profile = binding.profile
         store = self.store_for(profile)
         now = self.clock()
         seen = self.entries.get(key)
         record: Optional[dict[str, Any]] = None
         try:
-            if rejected:
+            if discard:
                 yield Call(lambda: store.discard(binding.key))
             found = yield Call(lambda: store.load(binding.key, binding.account_key))
             record = found if isinstance(found, dict) else None
@@ -394,24 +461,24 @@ class Provider:
             record = store.load(binding.key, binding.account_key)
         if record is not None and record.get("access_token") == self._rejected.get(binding.key):
             record = {k: v for k, v in record.items() if k != "access_token"}
-        if record is not None and not (force or claims or fresh_sign_in):
+        if record is not None and policy.current_ok:
             entry = _entry_from_record(record, now)
             if entry is not None:  # another process (or an earlier run) has a fresh one
                 self._keep(key, entry)
                 return entry
         from_memory = seen is not None
-        if seen is None and record is not None and not (claims or rejected):
+        if seen is None and record is not None and policy.current_ok:
             seen = _entry_from_record(record, now, due=True)
         still_valid = seen is not None and now < seen.token.expires_on - MIN_VALIDITY
         ctx = FlowContext(
             profile,
-            claims=claims,
+            claims=need.claims,
             user_assertion=binding.user_assertion,
-            refresh_token=(record or {}).get("refresh_token") if not fresh_sign_in else None,
+            refresh_token=None if policy.fresh_sign_in else (record or {}).get("refresh_token"),
             account=(record or {}).get("account"),
             # Nobody is asked to sign in while the current token still serves.
-            interactive=interactive and not (still_valid and not force and not claims),
-            fresh_sign_in=fresh_sign_in,
+            interactive=need.interactive and not (still_valid and policy.current_ok),
+            fresh_sign_in=policy.fresh_sign_in,
             prompt=prompt or default_prompt,
             clock=self.clock,
         )
@@ -420,7 +487,7 @@ class Provider:
             result = yield from registry.flow(profile.flow).acquire(ctx)
         except AuthLayerError as exc:
             fallback = None
-            if seen is not None and still_valid and not (force or claims or fresh_sign_in):
+            if seen is not None and still_valid and policy.current_ok:
                 fallback = self._fallback(key, seen, from_memory)
             if fallback is None:
                 raise
@@ -434,17 +501,18 @@ class Provider:
         if result.refresh_token or result.account:
             saved["refresh_token"] = result.refresh_token
             saved["account"] = result.account
-        if fresh_sign_in:  # a new sign-in, perhaps another person: drop the old one's tokens
+        fresh = policy.fresh_sign_in
+        if fresh:  # a new sign-in, perhaps another person: drop the old one's tokens
             self._drop_account(binding)
         try:
             # A claims token is kept under its claims key: never served for the plain one.
-            if store is not self._memory_store or "refresh_token" in saved or fresh_sign_in:
-                yield Call(lambda: _replace_or_save(store, binding, key, saved, fresh_sign_in))
+            if store is not self._memory_store or "refresh_token" in saved or fresh:
+                yield Call(lambda: _replace_or_save(store, binding, key, saved, fresh))
             # (In memory, a record without a refresh token would only repeat the entry.)
         except AuthLayerError as exc:
             log.warning("profile %r: the token cache could not be written (%s); tokens are "
                         "kept in memory only", profile.name, exc)
-            _replace_or_save(self._memory_store, binding, key, saved, fresh_sign_in)
+            _replace_or_save(self._memory_store, binding, key, saved, fresh)
         self._keep(key, entry)
         log.debug("profile %r: new token, expires at %d", profile.name, result.expires_on)
         return entry
@@ -504,66 +572,81 @@ class Provider:
         entry = self.entries.get(key)
         return entry if entry is not None and self.clock() < entry.refresh_on else None
 
-    def _run(self, key: str, make: Callable[[], Generator[Action, Any, CachedToken]],
-             *, need: str = "plain", wait: bool = True,
-             exclude: Optional[CachedToken] = None) -> CachedToken:
-        """Run ``make()``'s flow as the leader of ``key``'s flight, or share the leader's
-        outcome. ``wait`` false: a follower with a still-valid entry uses it instead of
-        waiting."""
-        return self._flights.run(
-            _flight_key(key), lambda: run_sync(make()), tag=(need, key),
-            shares=lambda tag: tag[1] == key, takes=_taker(need, exclude),
-            instead=None if wait else lambda: self._usable(key, exclude))
+    def _lead(self, binding: Binding, key: str, need: Need, prompt: Prompt,
+              discard: bool = False) -> Generator[Action, Any, CachedToken]:
+        """The leader's flow: first look again (a flight that just landed may have done the
+        work), as :data:`POLICY` says, then obtain the token."""
+        recheck = POLICY[need.want].recheck
+        if recheck is not None:
+            entry = (self._fresh(key) if recheck == "fresh"
+                     else self._usable(key, exclude=need.rejected))
+            if entry is not None:
+                return entry
+        return (yield from self._obtain(binding, key, need, prompt, discard))
 
-    async def _run_async(self, key: str,
-                         make: Callable[[], Generator[Action, Any, CachedToken]],
-                         *, need: str = "plain", wait: bool = True,
-                         exclude: Optional[CachedToken] = None) -> CachedToken:
-        """:meth:`_run` for async code."""
-        return await self._flights.run_async(
-            _flight_key(key), lambda: run_async(make()), tag=(need, key),
-            shares=lambda tag: tag[1] == key, takes=_taker(need, exclude),
-            instead=None if wait else lambda: self._usable(key, exclude))
+    def _flight(self, key: str, need: Need) -> dict[str, Any]:
+        """How a caller with ``need`` joins ``key``'s single flight (see :data:`POLICY`)."""
+        policy = POLICY[need.want]
+        rejected = need.rejected
+        wants = policy.takes
+
+        def takes(tag: tuple[Want, str], shared: CachedToken) -> bool:
+            if wants is not None and tag[0] not in wants:
+                return False  # a forced refresh or a login does not take less than it asked
+            return rejected is None or shared.token.token != rejected.token.token
+
+        return {"tag": (need.want, key), "shares": lambda tag: tag[1] == key, "takes": takes,
+                "instead": (lambda: self._usable(key, rejected)) if policy.no_wait else None}
 
     # ------------------------------------------------------------------ the operations
 
-    def _plan(self, binding: Binding, force: bool, claims: Optional[str], prompt: Prompt,
-              interactive: bool, rejected: bool = False,
-              ) -> tuple[str, Callable[[], Generator[Action, Any, CachedToken]]]:
-        if claims:
-            key = self.claims_key(binding, claims)
-            return key, lambda: self._obtain(binding, key=key, claims=claims, prompt=prompt,
-                                             interactive=interactive, rejected=rejected)
-        return binding.key, lambda: self._obtain(binding, key=binding.key, force=force,
-                                                 interactive=interactive, prompt=prompt)
+    def get(self, binding: Binding, need: Need = PLAIN, *, prompt: Prompt = None) -> CachedToken:
+        """A token for ``binding`` as ``need`` says (by default: a valid one, from the cache
+        when it can). A person is asked to sign in only if ``need.interactive``; otherwise
+        :class:`~authlayer.errors.TokenError` says that one must."""
+        served, key, discard = self._prepare(binding, need)
+        if served is not None:
+            return served
+        entry = self._flights.run(
+            _flight_key(key), lambda: run_sync(self._lead(binding, key, need, prompt, discard)),
+            **self._flight(key, need))
+        return self._fetched(key, entry) if POLICY[need.want].refusals else entry
 
-    def get(self, binding: Binding, *, force: bool = False, claims: Optional[str] = None,
-            prompt: Prompt = None, interactive: bool = True,
-            _rejected: bool = False) -> CachedToken:
-        """A valid token for ``binding`` (for ``claims``, when given), from the cache when it
-        can. ``force`` skips the cache; ``interactive`` false: never ask a person to sign in
-        (raise :class:`~authlayer.errors.TokenError` instead)."""
-        key, make = self._plan(binding, force, claims, prompt, interactive, _rejected)
-        if not force:
-            entry = self._serve(binding, key, claims)
-            if entry is not None:
-                return entry
-        return self._run(key, lambda: self._recheck(key, force, make), wait=force,
-                         need="forced" if force else "plain")
-
-    async def get_async(self, binding: Binding, *, force: bool = False,
-                        claims: Optional[str] = None, prompt: Prompt = None,
-                        interactive: bool = True, _rejected: bool = False) -> CachedToken:
+    async def get_async(self, binding: Binding, need: Need = PLAIN, *,
+                        prompt: Prompt = None) -> CachedToken:
         """:meth:`get` for async code: never blocks the event loop."""
-        key, make = self._plan(binding, force, claims, prompt, interactive, _rejected)
-        if not force:
-            entry = self._serve(binding, key, claims)
-            if entry is not None:
-                return entry
-        return await self._run_async(key, lambda: self._recheck(key, force, make), wait=force,
-                                     need="forced" if force else "plain")
+        served, key, discard = self._prepare(binding, need)
+        if served is not None:
+            return served
+        entry = await self._flights.run_async(
+            _flight_key(key), lambda: run_async(self._lead(binding, key, need, prompt, discard)),
+            **self._flight(key, need))
+        return self._fetched(key, entry) if POLICY[need.want].refusals else entry
 
-    def _serve(self, binding: Binding, key: str, claims: Optional[str]) -> Optional[CachedToken]:
+    def _prepare(self, binding: Binding, need: Need,
+                 ) -> tuple[Optional[CachedToken], str, bool]:
+        """What needs no flight: ``(entry to serve now or None, the token's key, whether the
+        stored token is discarded first)``. After a 401: the token to send during a cooldown,
+        or the one that already replaced the rejected one; else a cached entry."""
+        policy = POLICY[need.want]
+        discard = False
+        if need.rejected is not None:
+            if policy.cooldown:
+                held = self._cooling(binding, need.rejected)
+                if held is not None:
+                    return held, binding.key, False
+            replaced = self._drop(binding, need.rejected)
+            if replaced is not None and need.claims is None:
+                return replaced, binding.key, False
+            discard = replaced is None  # the challenged token is dropped from the store too
+        key = binding.key if need.claims is None else self.claims_key(binding, need.claims)
+        if policy.cached:
+            entry = self._serve(binding, key, need)
+            if entry is not None:
+                return entry, key, False
+        return None, key, discard
+
+    def _serve(self, binding: Binding, key: str, need: Need) -> Optional[CachedToken]:
         """The entry under ``key`` if it may be served now: fresh, or due for refresh but
         still valid — then the refresh runs in the background (never asking a person) and
         this caller goes on."""
@@ -575,73 +658,29 @@ class Provider:
             return entry
         if now >= entry.token.expires_on - MIN_VALIDITY:
             return None
-        self._refresh_in_background(key, lambda: self._obtain(
-            binding, key=key, claims=claims, interactive=False))
+        self._refresh_in_background(binding, key, Need(need.want, need.claims, interactive=False))
         return entry
 
-    def _refresh_in_background(self, key: str,
-                               make: Callable[[], Generator[Action, Any, CachedToken]]) -> None:
+    def _refresh_in_background(self, binding: Binding, key: str, need: Need) -> None:
         """Lead ``key``'s single flight from a daemon thread, unless a flight is under way.
         A thread serves sync and async callers alike and outlives no event loop."""
         def lead() -> CachedToken:
             try:
-                return run_sync(self._recheck(key, False, make))
+                return run_sync(self._lead(binding, key, need, None))
             except BaseException as exc:  # the fallback already logged a refusal
                 if not isinstance(exc, AuthLayerError):
                     log.warning("refreshing a token in the background failed: %s",
                                 type(exc).__name__)
                 raise
 
-        self._flights.spawn(_flight_key(key), lead, tag=("plain", key),
+        self._flights.spawn(_flight_key(key), lead, tag=(need.want, key),
                             name="authlayer-refresh")
 
     def join_background(self, timeout: Optional[float] = None) -> None:
         """Wait for the background refreshes under way (tests, a clean shutdown)."""
         self._flights.join_background(timeout)
 
-    def _recheck(self, key: str, force: bool,
-                 make: Callable[[], Generator[Action, Any, CachedToken]],
-                 ) -> Generator[Action, Any, CachedToken]:
-        """The leader's flow: first look again — a flight that just landed may have done the
-        work."""
-        if not force:
-            entry = self._fresh(key)
-            if entry is not None:
-                return entry
-        return (yield from make())
-
-    def after_rejection(self, binding: Binding, rejected: CachedToken, *,
-                        claims: Optional[str] = None, prompt: Prompt = None) -> CachedToken:
-        """A new token after ``rejected`` got a 401 (for ``claims``, when the 401 was a claims
-        challenge). However many requests saw that 401, the identity service is asked once;
-        and when the API keeps refusing new tokens, not at all during a cooldown (the request
-        is sent again with the current token)."""
-        held = self._cooling(binding, rejected)
-        if held is not None:
-            return held
-        replaced = self._drop(binding, rejected)
-        if claims:  # the challenged token is dropped from the store too
-            return self.get(binding, claims=claims, prompt=prompt, _rejected=replaced is None)
-        if replaced is not None:
-            return replaced
-        return self._fetched(binding.key, self._run(
-            binding.key, lambda: self._after_drop(binding, rejected, prompt), exclude=rejected))
-
-    async def after_rejection_async(self, binding: Binding, rejected: CachedToken, *,
-                                    claims: Optional[str] = None,
-                                    prompt: Prompt = None) -> CachedToken:
-        """:meth:`after_rejection` for async code."""
-        held = self._cooling(binding, rejected)
-        if held is not None:
-            return held
-        replaced = self._drop(binding, rejected)
-        if claims:
-            return await self.get_async(binding, claims=claims, prompt=prompt,
-                                        _rejected=replaced is None)
-        if replaced is not None:
-            return replaced
-        return self._fetched(binding.key, await self._run_async(
-            binding.key, lambda: self._after_drop(binding, rejected, prompt), exclude=rejected))
+    # ------------------------------------------------------------------ after a 401
 
     def _cooling(self, binding: Binding, rejected: CachedToken) -> Optional[CachedToken]:
         """The token to send again without asking the identity service, when the API refuses
@@ -685,14 +724,6 @@ class Provider:
                 state.token, state.fetched_at = entry.token.token, now
         return entry
 
-    def _after_drop(self, binding: Binding, rejected: CachedToken,
-                    prompt: Prompt) -> Generator[Action, Any, CachedToken]:
-        replaced = self._usable(binding.key, exclude=rejected)
-        if replaced is not None:  # a flight that just landed brought a new one
-            return replaced
-        return (yield from self._obtain(binding, key=binding.key, force=True, rejected=True,
-                                        prompt=prompt))
-
     def _drop(self, binding: Binding, rejected: CachedToken) -> Optional[CachedToken]:
         """Forget ``rejected``; return the entry that already replaced it, if any."""
         replaced = self._usable(binding.key, exclude=rejected)
@@ -731,13 +762,6 @@ class Provider:
         if current is not None:
             self._rejected[binding.key] = current.token.token
 
-    def login(self, binding: Binding, *, prompt: Prompt = None) -> CachedToken:
-        """Sign in anew (``authlayer login``): the kept sign-in is replaced only when the new
-        one succeeds."""
-        return self._run(binding.key, lambda: self._obtain(
-            binding, key=binding.key, force=True, fresh_sign_in=True, prompt=prompt),
-            need="login")
-
     # ------------------------------------------------------------------ housekeeping
 
     def forget(self, binding: Binding) -> None:
@@ -768,19 +792,6 @@ def _flight_key(key: str) -> str:
     if registry.flow(flow).may_prompt and "|claims:" not in key:
         return "signin|" + key.rsplit("|", 1)[0]
     return key
-
-
-def _taker(need: str, exclude: Optional[CachedToken],
-           ) -> Callable[[tuple[str, str], CachedToken], bool]:
-    """Whether a follower that needs ``need`` takes a leader's token: a forced refresh or a
-    login does not take less than it asked for, a retry after a 401 not the rejected token."""
-    def takes(tag: tuple[str, str], shared: CachedToken) -> bool:
-        kind = tag[0]
-        if not (need == "plain" or kind == "login" or kind == need):
-            return False
-        return exclude is None or shared.token.token != exclude.token.token
-
-    return takes
 
 
 def _replace_or_save(store: TokenStore, binding: Binding, key: str, record: dict[str, Any],
@@ -865,7 +876,7 @@ def get_token(
     provider.check_files()
     binding = provider.bind(profile, config=config, scope=scope, tenant=tenant,
                             user_assertion=user_assertion)
-    return provider.get(binding, force=force_refresh, prompt=prompt).token
+    return provider.get(binding, FORCED if force_refresh else PLAIN, prompt=prompt).token
 
 
 async def get_token_async(
@@ -887,4 +898,5 @@ async def get_token_async(
     provider.check_files()
     binding = await provider.bind_async(profile, config=config, scope=scope, tenant=tenant,
                                         user_assertion=user_assertion)
-    return (await provider.get_async(binding, force=force_refresh, prompt=prompt)).token
+    return (await provider.get_async(binding, FORCED if force_refresh else PLAIN,
+                                     prompt=prompt)).token
