@@ -23,7 +23,7 @@ import httpx
 from .errors import ConfigError
 from .jwt import JWTError, b64url_decode
 from .profile import Profile
-from .provider import PROVIDER, Binding, CachedToken, PathArg, ScopeArg, after_401
+from .provider import PROVIDER, Binding, CachedToken, Forget, PathArg, ScopeArg, after_401
 
 if TYPE_CHECKING:
     import requests
@@ -345,7 +345,7 @@ class EntraAuth(httpx.Auth):
         request.headers["Authorization"] = entry.header
         response = yield request
         if claims and response.status_code == 401:  # the claims token was refused in turn
-            PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
+            PROVIDER.forget(binding, Forget.TOKEN, claims=claims, token=entry)
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -373,7 +373,7 @@ class EntraAuth(httpx.Auth):
         request.headers["Authorization"] = entry.header
         response = yield request
         if claims and response.status_code == 401:  # the claims token was refused in turn
-            PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
+            PROVIDER.forget(binding, Forget.TOKEN, claims=claims, token=entry)
 
     # ------------------------------------------------------------------ requests
 
@@ -444,7 +444,7 @@ class _RequestsRetry:
         second = r.connection.send(again, **kwargs)  # type: ignore[attr-defined,unused-ignore]
         if claims and second.status_code == 401:  # the claims token was refused in turn
             binding = self.auth.binding
-            PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
+            PROVIDER.forget(binding, Forget.TOKEN, claims=claims, token=entry)
         second.history.append(r)
         second.request = again
         return second  # type: ignore[no-any-return,unused-ignore]

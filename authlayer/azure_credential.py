@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from . import registry
-from .provider import PLAIN, PROVIDER, Binding, CachedToken, PathArg, for_claims
+from .provider import PLAIN, PROVIDER, Binding, CachedToken, Forget, PathArg, for_claims
 from .token import AccessToken
 
 __all__ = ["AccessTokenInfo", "ProfileCredential", "credential"]
@@ -50,7 +50,7 @@ class _Base:
                                     tenant=tenant_id)
         if claims:
             # The SDK asks with claims after a claims challenge: the plain token was refused.
-            PROVIDER.drop_plain(binding)
+            PROVIDER.forget(binding, Forget.TOKEN)
         return binding
 
     @staticmethod
@@ -112,7 +112,7 @@ class AsyncProfileCredential(_Base):
                                                 scope=scopes or None, tenant=tenant_id)
         if claims:
             # The SDK asks with claims after a claims challenge: the plain token was refused.
-            PROVIDER.drop_plain(binding)
+            PROVIDER.forget(binding, Forget.TOKEN)
         return await PROVIDER.get_async(binding, for_claims(claims) if claims else PLAIN)
 
     async def get_token(self, *scopes: str, claims: Optional[str] = None,

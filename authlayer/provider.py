@@ -46,9 +46,9 @@ from .profile import Profile
 from .store import MemoryStore, TokenStore
 from .token import AccessToken, TokenResult
 
-__all__ = ["FORCED", "LOGIN", "PLAIN", "POLICY", "PROVIDER", "Binding", "CachedToken", "Need",
-           "Policy", "Provider", "Want", "after_401", "for_claims", "get_token", "get_token_async",
-           "reset"]
+__all__ = ["FORCED", "LOGIN", "PLAIN", "POLICY", "PROVIDER", "Binding", "CachedToken", "Forget",
+           "Need", "Policy", "Provider", "Want", "after_401", "for_claims", "get_token",
+           "get_token_async", "reset"]
 
 log = logging.getLogger("authlayer")
 
@@ -106,6 +106,14 @@ class Want(Enum):
     AFTER_401 = "after_401"  # a new token instead of one that got a 401
     CLAIMS = "claims"  # a token for a claims challenge (kept under its own key)
     LOGIN = "login"  # a new sign-in (authlayer login)
+
+
+class Forget(Enum):
+    """What :meth:`Provider.forget` forgets."""
+
+    TOKEN = "token"  # one token
+    SIGN_IN = "sign_in"  # every token of a sign-in, in memory
+    SIGN_OUT = "sign_out"  # and its records in the store: logout
 
 
 @dataclass(frozen=True)
@@ -503,7 +511,7 @@ class Provider:
             saved["account"] = result.account
         fresh = policy.fresh_sign_in
         if fresh:  # a new sign-in, perhaps another person: drop the old one's tokens
-            self._drop_account(binding)
+            self.forget(binding, Forget.SIGN_IN)
         try:
             # A claims token is kept under its claims key: never served for the plain one.
             if store is not self._memory_store or "refresh_token" in saved or fresh:
@@ -551,11 +559,6 @@ class Provider:
             # Many live entries (tenants): sweep again only when they have doubled, so that a
             # large cache is not scanned for every new token.
             self._sweep_above = max(SWEEP_ABOVE, 2 * len(self.entries))
-
-    def _drop_account(self, binding: Binding) -> None:
-        prefix = binding.account_key + "|"
-        for key in [k for k in list(self.entries) if k.startswith(prefix)]:
-            self.entries.pop(key, None)
 
     # ------------------------------------------------------------------ single flight
 
@@ -635,7 +638,7 @@ class Provider:
                 held = self._cooling(binding, need.rejected)
                 if held is not None:
                     return held, binding.key, False
-            replaced = self._drop(binding, need.rejected)
+            replaced = self.forget(binding, Forget.TOKEN, token=need.rejected)
             if replaced is not None and need.claims is None:
                 return replaced, binding.key, False
             discard = replaced is None  # the challenged token is dropped from the store too
@@ -724,51 +727,62 @@ class Provider:
                 state.token, state.fetched_at = entry.token.token, now
         return entry
 
-    def _drop(self, binding: Binding, rejected: CachedToken) -> Optional[CachedToken]:
-        """Forget ``rejected``; return the entry that already replaced it, if any."""
-        replaced = self._usable(binding.key, exclude=rejected)
-        if replaced is not None:
-            return replaced
-        self._rejected[binding.key] = rejected.token.token  # not to be reloaded from the store
-        current = self.entries.get(binding.key)
-        if current is not None and current.token.token == rejected.token.token:
-            self.entries.pop(binding.key, None)
-        return None
-
     def claims_key(self, binding: Binding, claims: str) -> str:
         """Where a token for this claims request is kept: never the plain key."""
         return f"{binding.key}|claims:{_digest(claims)}"
 
-    def discard(self, key: str, entry: CachedToken) -> None:
-        """Forget ``entry`` under ``key`` if it is still there (a claims token that was
-        refused in turn)."""
-        current = self.entries.get(key)
-        if current is not None and current.token.token == entry.token.token:
+    # ------------------------------------------------------------------ forgetting
+
+    def forget(self, binding: Binding, what: Forget = Forget.SIGN_OUT, *,
+               claims: Optional[str] = None,
+               token: Optional[CachedToken] = None) -> Optional[CachedToken]:
+        """Forget ``what`` of ``binding``:
+
+        * ``Forget.TOKEN``: its token (for ``claims``, when given) — if it is still ``token``,
+          when given; that token is remembered as refused (never reloaded from the store).
+          Returns the entry that already replaced ``token``, if any (then nothing is
+          forgotten). A claims token forgotten this way was refused in turn: the plain token
+          cools down, so that the next requests do not each fetch two new tokens.
+        * ``Forget.SIGN_IN``: every token of its sign-in (all scopes, claims tokens too), in
+          memory.
+        * ``Forget.SIGN_OUT``: the same, and the sign-in's records in its store (``authlayer
+          logout``).
+
+        :meth:`reset` forgets everything.
+        """
+        if what is Forget.TOKEN:
+            return self._forget_token(binding, claims, token)
+        prefix = binding.account_key + "|"
+        for key in [k for k in list(self.entries) if k.startswith(prefix)]:
             self.entries.pop(key, None)
-            self._rejected[key] = entry.token.token
-            # A token fetched for a claims challenge was refused in turn: the plain key cools
-            # down, so that the next requests do not each fetch two new tokens.
-            plain = key.split("|claims:", 1)[0]
+        if what is Forget.SIGN_OUT:
+            self.store_for(binding.profile).delete(binding.key, binding.account_key)
+        return None
+
+    def _forget_token(self, binding: Binding, claims: Optional[str],
+                      token: Optional[CachedToken]) -> Optional[CachedToken]:
+        key = binding.key if claims is None else self.claims_key(binding, claims)
+        if token is not None:
+            replaced = self._usable(key, exclude=token)
+            if replaced is not None:
+                return replaced
+        current = self.entries.get(key)
+        if current is not None and (token is None or current.token.token == token.token.token):
+            self.entries.pop(key, None)
+        else:
+            current = None
+        refused = token or current
+        if refused is not None:
+            self._rejected[key] = refused.token.token  # not to be reloaded from the store
+        if claims is not None and current is not None:
             now = self.clock()
             with self._guard:
-                state = self._refusals.setdefault(plain, _Refusal(None, now))
+                state = self._refusals.setdefault(binding.key, _Refusal(None, now))
                 if now >= state.until:
-                    self._cool(plain, state, now, "a claims challenge")
-
-    def drop_plain(self, binding: Binding) -> None:
-        """Forget the binding's plain token (an Azure SDK answered a claims challenge, which
-        means the plain token was refused)."""
-        current = self.entries.pop(binding.key, None)
-        if current is not None:
-            self._rejected[binding.key] = current.token.token
+                    self._cool(binding.key, state, now, "a claims challenge")
+        return None
 
     # ------------------------------------------------------------------ housekeeping
-
-    def forget(self, binding: Binding) -> None:
-        """Drop every token of the binding's sign-in, from memory and from its store
-        (``authlayer logout``)."""
-        self._drop_account(binding)
-        self.store_for(binding.profile).delete(binding.key, binding.account_key)
 
     def reset(self) -> None:
         """Forget every token, binding and in-memory record (see :func:`reset`)."""

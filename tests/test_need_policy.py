@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 import pytest
 
@@ -15,6 +16,7 @@ from authlayer.provider import (
     POLICY,
     PROVIDER,
     CachedToken,
+    Forget,
     Need,
     Want,
     after_401,
@@ -133,3 +135,58 @@ def test_a_claims_challenge_after_a_401_drops_the_plain_token(emu: Emulator,
 def test_an_app_gets_a_token_whatever_it_needs(emu: Emulator, cc_profile: str,
                                               need: Need) -> None:
     assert PROVIDER.get(PROVIDER.bind(cc_profile), need).token.expires_on > 0
+
+
+# ---------------------------------------------------------------------- forgetting
+
+
+def test_forgetting_a_token_that_was_replaced_returns_the_replacement(
+    emu: Emulator, cc_profile: str
+) -> None:
+    binding = PROVIDER.bind(cc_profile)
+    first = PROVIDER.get(binding)
+    assert PROVIDER.forget(binding, Forget.TOKEN, token=first) is None
+    second = PROVIDER.get(binding)
+    assert second.token.token != first.token.token
+    assert PROVIDER.forget(binding, Forget.TOKEN, token=first) == second
+    assert PROVIDER.get(binding) == second  # the replacement was not forgotten
+    assert emu.count("token") == 2
+
+
+def test_forgetting_the_token_whatever_it_is(emu: Emulator, cc_profile: str) -> None:
+    binding = PROVIDER.bind(cc_profile)
+    first = PROVIDER.get(binding)
+    PROVIDER.forget(binding, Forget.TOKEN)
+    assert PROVIDER.get(binding).token.token != first.token.token
+    assert emu.count("token") == 2
+
+
+def test_forgetting_a_claims_token_leaves_the_plain_one(emu: Emulator, cc_profile: str) -> None:
+    binding = PROVIDER.bind(cc_profile)
+    plain = PROVIDER.get(binding)
+    claims = PROVIDER.get(binding, for_claims(CLAIMS))
+    PROVIDER.forget(binding, Forget.TOKEN, claims=CLAIMS, token=claims)
+    assert PROVIDER.get(binding) == plain
+    assert emu.count("token") == 2
+
+
+def test_forgetting_the_sign_in_forgets_its_claims_tokens_too(emu: Emulator,
+                                                              cc_profile: str) -> None:
+    binding = PROVIDER.bind(cc_profile)
+    PROVIDER.get(binding)
+    PROVIDER.get(binding, for_claims(CLAIMS))
+    PROVIDER.forget(binding, Forget.SIGN_IN)
+    PROVIDER.get(binding)
+    PROVIDER.get(binding, for_claims(CLAIMS))
+    assert emu.count("token") == 4
+
+
+def test_signing_out_forgets_the_stored_records(emu: Emulator,
+                                                app_profile: Callable[..., str]) -> None:
+    binding = PROVIDER.bind(app_profile("filed", cache="file"))
+    PROVIDER.get(binding)
+    store = PROVIDER.store_for(binding.profile)
+    PROVIDER.forget(binding, Forget.SIGN_IN)
+    assert store.load(binding.key, binding.account_key) is not None  # memory only
+    PROVIDER.forget(binding)  # SIGN_OUT is the default
+    assert store.load(binding.key, binding.account_key) is None
