@@ -317,7 +317,7 @@ class EntraAuth(httpx.Auth):
 
     def _token(self) -> CachedToken:
         binding = self.binding
-        entry = PROVIDER.entries.get(binding.key)
+        entry = binding.slot.entry
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
             entry = PROVIDER.get(binding, prompt=self._prompt)
         return entry
@@ -332,7 +332,7 @@ class EntraAuth(httpx.Auth):
         if not self._httpx_allowed(binding, request.url):
             yield request
             return
-        entry = PROVIDER.entries.get(binding.key)
+        entry = binding.slot.entry
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
             entry = PROVIDER.get(binding, prompt=self._prompt)
         request.headers["Authorization"] = entry.header
@@ -360,7 +360,7 @@ class EntraAuth(httpx.Auth):
         if not self._httpx_allowed(binding, request.url):
             yield request
             return
-        entry = PROVIDER.entries.get(binding.key)
+        entry = binding.slot.entry
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
             entry = await PROVIDER.get_async(binding, prompt=self._prompt)
         request.headers["Authorization"] = entry.header

@@ -234,9 +234,10 @@ def _cmd_logout(args: argparse.Namespace) -> int:
 
     binding = _bind(args)
     name = _printable(repr(binding.profile.name))
-    prefix = binding.account_key + "|"
-    kept = any(k == binding.key or k.startswith(prefix) for k in list(PROVIDER.entries)) or (
-        PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key) is not None)
+    account = binding.key.account
+    kept = any(k.account == account for k in list(PROVIDER.entries)) or (
+        PROVIDER.store_for(binding.profile).load(binding.store_key, binding.store_account_key)
+        is not None)
     PROVIDER.forget(binding)  # also other scopes' tokens of the same sign-in, if any
     if kept:
         _err(f"forgot the cached tokens of profile {name}")

@@ -31,7 +31,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Generator, Sequence
+import weakref
+from collections.abc import Generator, Hashable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Callable, NamedTuple, Optional, Union
@@ -183,17 +184,64 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+class AccountKey(NamedTuple):
+    """A sign-in: whose tokens (``who``: the person, the managed identity, the user assertion,
+    the profile for a person's flows...) from which client and credential, where."""
+
+    flow: str
+    authority: str
+    tenant: str
+    client_id: str
+    credential: str
+    who: tuple[str, ...]
+
+
+class TokenKey(NamedTuple):
+    """A token: the sign-in, its scopes (sorted) and, for a claims challenge, its claims'
+    digest (never the plain token's key)."""
+
+    account: AccountKey
+    scopes: tuple[str, ...]
+    claims: Optional[str] = None
+
+
 def _escape(part: str) -> str:
     """A key part that cannot contain the separator: profile ``me|x`` is not ``me`` + ``x``."""
     return part.replace("%", "%25").replace("|", "%7C")
+
+
+def store_account_key(account: AccountKey) -> str:
+    """The account's key in a :class:`~authlayer.store.TokenStore`: this very string is in
+    users' token cache files, so it never changes (``tests/test_store_keys.py``)."""
+    return "|".join(_escape(part) for part in (
+        account.flow, account.authority, account.tenant, account.client_id,
+        account.credential, *account.who))
+
+
+def store_key(key: TokenKey) -> str:
+    """The token's key in a :class:`~authlayer.store.TokenStore` (it starts with its
+    account's key and ``|``); never changes either."""
+    text = f"{store_account_key(key.account)}|{_escape(' '.join(key.scopes))}"
+    return text if key.claims is None else f"{text}|claims:{key.claims}"
+
+
+class _Slot:
+    """Where the hot path finds a token key's cache entry without hashing the key: one per
+    key, shared by every binding of that key, kept equal to ``Provider.entries[key]``."""
+
+    __slots__ = ("__weakref__", "entry")
+
+    def __init__(self, entry: Optional[CachedToken] = None) -> None:
+        self.entry = entry
 
 
 class Binding(NamedTuple):
     """A profile with its call's overrides, ready to use: its cache key and host policy.
 
     ``key`` identifies the token (authority, tenant, client, credential, scopes, and whose it
-    is); ``account_key`` the sign-in it came from (the same without the scopes), under which
-    refresh tokens are kept. Every token key of an account starts with ``account_key + "|"``.
+    is); ``key.account`` the sign-in it came from (the same without the scopes), under which
+    refresh tokens are kept. ``store_key`` and ``store_account_key`` are the same as
+    strings, for the stores. ``slot`` holds the key's cache entry, for the hot path.
 
     A tenant override keeps the profile it was derived from in ``base`` and the tenant in
     ``tenant``: thousands of tenants of one profile share it (``profile`` builds the
@@ -201,9 +249,10 @@ class Binding(NamedTuple):
     """
 
     base: Profile
-    key: str
-    user_assertion: Optional[str] = None
-    tenant: Optional[str] = None
+    key: TokenKey
+    user_assertion: Optional[str]
+    tenant: Optional[str]
+    slot: _Slot
 
     def __repr__(self) -> str:
         extra = f", tenant={self.tenant!r}" if self.tenant is not None else ""
@@ -217,9 +266,16 @@ class Binding(NamedTuple):
         return replace(self.base, tenant=self.tenant)
 
     @property
-    def account_key(self) -> str:
-        # The scopes part of a key is escaped: it holds no "|".
-        return self.key.rpartition("|")[0]
+    def account_key(self) -> AccountKey:
+        return self.key.account
+
+    @property
+    def store_key(self) -> str:
+        return store_key(self.key)
+
+    @property
+    def store_account_key(self) -> str:
+        return store_account_key(self.key.account)
 
     @property
     def hosts(self) -> HostPolicy:
@@ -227,33 +283,31 @@ class Binding(NamedTuple):
 
     @classmethod
     def make(cls, profile: Profile, user_assertion: Optional[str] = None) -> Binding:
-        return cls(profile, cls.key_for(profile, user_assertion), user_assertion or None)
+        return cls(profile, cls.key_for(profile, user_assertion), user_assertion or None, None,
+                   _Slot())
 
     @staticmethod
-    def key_for(profile: Profile, user_assertion: Optional[str] = None) -> str:
-        if profile.flow == "on_behalf_of" and not user_assertion:
+    def key_for(profile: Profile, user_assertion: Optional[str] = None) -> TokenKey:
+        spec = registry.flow(profile.flow)
+        if spec.needs_user_assertion and not user_assertion:
             raise profile.config_error(
-                "flow 'on_behalf_of' needs the incoming token: pass user_assertion=... to "
+                f"flow {profile.flow!r} needs the incoming token: pass user_assertion=... to "
                 "EntraAuth or get_token"
             )
         who = [profile.username or "", profile.login_hint or "", profile.object_id or "",
                profile.resource_id or ""]
-        if registry.flow(profile.flow).names_profile:
+        if spec.names_profile:
             # Two profiles of one app are two people's sign-ins: never share their tokens.
             who.append("profile:" + profile.name)
         if profile.refresh_token is not None:
             who.append("rt:" + _digest(profile.refresh_token.identity))
         if user_assertion:
             who.append("obo:" + _digest(user_assertion))
-        identity = registry.flow(profile.flow).identity
-        if identity is not None:
-            who.append(str(identity(profile)))  # e.g. the Azure CLI's signed-in account
-        account = "|".join(_escape(part) for part in [
-            profile.flow, profile.authority, profile.tenant or "", profile.client_id or "",
-            profile.credential_identity, *who,
-        ])
-        scopes = _escape(" ".join(sorted(profile.scopes)))
-        return f"{account}|{scopes}"
+        if spec.identity is not None:
+            who.append(str(spec.identity(profile)))  # e.g. the Azure CLI's signed-in account
+        account = AccountKey(profile.flow, profile.authority, profile.tenant or "",
+                             profile.client_id or "", profile.credential_identity, tuple(who))
+        return TokenKey(account, tuple(sorted(profile.scopes)))
 
 
 def _record(result: TokenResult) -> dict[str, Any]:
@@ -307,10 +361,14 @@ class Provider:
     """Process-wide token cache and acquisition. Use the module's :data:`PROVIDER`."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, CachedToken] = {}
-        self._rejected: dict[str, str] = {}  # key -> the token that last got a 401 there
-        self._refusals: dict[str, _Refusal] = {}
-        self._flights: SingleFlight[str, CachedToken] = SingleFlight()
+        self.entries: dict[TokenKey, CachedToken] = {}
+        # Each key's entry again, for the hot path; a slot lives while a binding holds it.
+        self._slots: weakref.WeakValueDictionary[TokenKey, _Slot] = (
+            weakref.WeakValueDictionary())
+        self._rejected: dict[TokenKey, str] = {}  # key -> the token that last got a 401 there
+        self._refusals: dict[TokenKey, _Refusal] = {}
+        # Keyed by a token key, or by ("signin", account key) for flows that may ask a person.
+        self._flights: SingleFlight[Hashable, CachedToken] = SingleFlight()
         self._loads: SingleFlight[tuple[Any, ...], Binding] = SingleFlight()  # async loads
         self._guard = threading.Lock()
         self._bindings: dict[tuple[Any, ...], Binding] = {}
@@ -352,16 +410,25 @@ class Provider:
             if derived is not None:
                 key = Binding.key_for(derived, user_assertion)
                 binding = base if key == base.key else Binding(
-                    base.base, key, base.user_assertion, derived.tenant)
+                    base.base, key, base.user_assertion, derived.tenant, self._slot(key))
         if binding is None:
             loaded = load_profile(profile, config=config, scope=scope, tenant=tenant)
             binding = Binding.make(loaded, user_assertion)
+            binding = binding._replace(slot=self._slot(binding.key))
             self._watch(loaded.config_path)
         with self._guard:
             if len(self._bindings) >= MAX_BINDINGS:  # forget the oldest one, not all
                 self._bindings.pop(next(iter(self._bindings)), None)
             self._bindings[args] = binding
         return binding
+
+    def _slot(self, key: TokenKey) -> _Slot:
+        """The key's one slot (every binding of the key shares it)."""
+        with self._guard:
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = _Slot(self.entries.get(key))
+            return slot
 
     async def bind_async(
         self,
@@ -428,7 +495,7 @@ class Provider:
             return None
         if binding is None:
             return None
-        entry = self.entries.get(binding.key)
+        entry = binding.slot.entry
         if entry is None:
             return None
         now = self.clock()
@@ -444,7 +511,7 @@ class Provider:
 
     # ------------------------------------------------------------------ the slow path, sans I/O
 
-    def _obtain(self, binding: Binding, key: str, need: Need, prompt: Prompt,
+    def _obtain(self, binding: Binding, key: TokenKey, need: Need, prompt: Prompt,
                 discard: bool = False) -> Generator[Action, Any, CachedToken]:
         """Get a token from the store or the flow and keep it (under ``key``: the plain key, or
         a claims key), as :data:`POLICY` says for ``need``. Runs as the leader of ``key``'s
@@ -457,16 +524,17 @@ class Provider:
         now = self.clock()
         seen = self.entries.get(key)
         record: Optional[dict[str, Any]] = None
+        stored, account = binding.store_key, binding.store_account_key
         try:
             if discard:
-                yield Call(lambda: store.discard(binding.key))
-            found = yield Call(lambda: store.load(binding.key, binding.account_key))
+                yield Call(lambda: store.discard(stored))
+            found = yield Call(lambda: store.load(stored, account))
             record = found if isinstance(found, dict) else None
         except AuthLayerError as exc:  # an unusable token cache must not stop the work
             log.warning("profile %r: the token cache could not be read (%s); tokens are kept "
                         "in memory only", profile.name, exc)
             store = self._memory_store
-            record = store.load(binding.key, binding.account_key)
+            record = store.load(stored, account)
         if record is not None and record.get("access_token") == self._rejected.get(binding.key):
             record = {k: v for k, v in record.items() if k != "access_token"}
         if record is not None and policy.current_ok:
@@ -525,7 +593,7 @@ class Provider:
         log.debug("profile %r: new token, expires at %d", profile.name, result.expires_on)
         return entry
 
-    def _fallback(self, key: str, seen: CachedToken, from_memory: bool,
+    def _fallback(self, key: TokenKey, seen: CachedToken, from_memory: bool,
                   ) -> Optional[CachedToken]:
         """After a failed refresh: the token to keep serving, if any. Never one that has
         expired meanwhile (the failure may have taken minutes), got a 401, or was replaced."""
@@ -545,15 +613,29 @@ class Provider:
         self._keep(key, postponed)
         return postponed
 
-    def _keep(self, key: str, entry: CachedToken) -> None:
+    def _set(self, key: TokenKey, entry: CachedToken) -> None:
+        """The one way an entry is written: into ``entries`` and the key's slot."""
         self.entries[key] = entry
+        slot = self._slots.get(key)
+        if slot is not None:
+            slot.entry = entry
+
+    def _pop(self, key: TokenKey) -> Optional[CachedToken]:
+        """The one way an entry is removed."""
+        slot = self._slots.get(key)
+        if slot is not None:
+            slot.entry = None
+        return self.entries.pop(key, None)
+
+    def _keep(self, key: TokenKey, entry: CachedToken) -> None:
+        self._set(key, entry)
         if self._rejected.get(key) not in (None, entry.token.token):
             self._rejected.pop(key, None)
         if len(self.entries) > self._sweep_above:
             now = self.clock()
             for stale in [k for k, e in list(self.entries.items())
                           if e.token.expires_on <= now]:
-                self.entries.pop(stale, None)
+                self._pop(stale)
                 self._rejected.pop(stale, None)
                 self._refusals.pop(stale, None)
             # Many live entries (tenants): sweep again only when they have doubled, so that a
@@ -562,7 +644,8 @@ class Provider:
 
     # ------------------------------------------------------------------ single flight
 
-    def _usable(self, key: str, exclude: Optional[CachedToken] = None) -> Optional[CachedToken]:
+    def _usable(self, key: TokenKey,
+                exclude: Optional[CachedToken] = None) -> Optional[CachedToken]:
         """The entry under ``key`` if it is still valid (and not ``exclude``)."""
         entry = self.entries.get(key)
         if entry is None or entry is exclude:
@@ -571,11 +654,11 @@ class Provider:
             return None
         return entry if self.clock() < entry.token.expires_on - MIN_VALIDITY else None
 
-    def _fresh(self, key: str) -> Optional[CachedToken]:
+    def _fresh(self, key: TokenKey) -> Optional[CachedToken]:
         entry = self.entries.get(key)
         return entry if entry is not None and self.clock() < entry.refresh_on else None
 
-    def _lead(self, binding: Binding, key: str, need: Need, prompt: Prompt,
+    def _lead(self, binding: Binding, key: TokenKey, need: Need, prompt: Prompt,
               discard: bool = False) -> Generator[Action, Any, CachedToken]:
         """The leader's flow: first look again (a flight that just landed may have done the
         work), as :data:`POLICY` says, then obtain the token."""
@@ -587,7 +670,7 @@ class Provider:
                 return entry
         return (yield from self._obtain(binding, key, need, prompt, discard))
 
-    def _flight(self, key: str, need: Need) -> dict[str, Any]:
+    def _flight(self, key: TokenKey, need: Need) -> dict[str, Any]:
         """How a caller with ``need`` joins ``key``'s single flight (see :data:`POLICY`)."""
         policy = POLICY[need.want]
         rejected = need.rejected
@@ -627,7 +710,7 @@ class Provider:
         return self._fetched(key, entry) if POLICY[need.want].refusals else entry
 
     def _prepare(self, binding: Binding, need: Need,
-                 ) -> tuple[Optional[CachedToken], str, bool]:
+                 ) -> tuple[Optional[CachedToken], TokenKey, bool]:
         """What needs no flight: ``(entry to serve now or None, the token's key, whether the
         stored token is discarded first)``. After a 401: the token to send during a cooldown,
         or the one that already replaced the rejected one; else a cached entry."""
@@ -649,7 +732,7 @@ class Provider:
                 return entry, key, False
         return None, key, discard
 
-    def _serve(self, binding: Binding, key: str, need: Need) -> Optional[CachedToken]:
+    def _serve(self, binding: Binding, key: TokenKey, need: Need) -> Optional[CachedToken]:
         """The entry under ``key`` if it may be served now: fresh, or due for refresh but
         still valid — then the refresh runs in the background (never asking a person) and
         this caller goes on."""
@@ -664,7 +747,7 @@ class Provider:
         self._refresh_in_background(binding, key, Need(need.want, need.claims, interactive=False))
         return entry
 
-    def _refresh_in_background(self, binding: Binding, key: str, need: Need) -> None:
+    def _refresh_in_background(self, binding: Binding, key: TokenKey, need: Need) -> None:
         """Lead ``key``'s single flight from a daemon thread, unless a flight is under way.
         A thread serves sync and async callers alike and outlives no event loop."""
         def lead() -> CachedToken:
@@ -703,7 +786,7 @@ class Provider:
         current = self._usable(binding.key)
         return current if current is not None else rejected
 
-    def _cool(self, key: str, state: _Refusal, now: float, what: str) -> None:
+    def _cool(self, key: TokenKey, state: _Refusal, now: float, what: str) -> None:
         """Start the next cooldown for ``key`` (under the guard)."""
         first = state.delay == 0
         state.delay = min(COOLDOWN_MAX, state.delay * 2 if state.delay else COOLDOWN_FIRST)
@@ -716,7 +799,7 @@ class Provider:
         else:
             log.debug("%s: tokens still refused; no new token for %g s", what, state.delay)
 
-    def _fetched(self, key: str, entry: CachedToken) -> CachedToken:
+    def _fetched(self, key: TokenKey, entry: CachedToken) -> CachedToken:
         """Remember that ``entry`` was fetched because its predecessor got a 401."""
         now = self.clock()
         with self._guard:
@@ -727,9 +810,9 @@ class Provider:
                 state.token, state.fetched_at = entry.token.token, now
         return entry
 
-    def claims_key(self, binding: Binding, claims: str) -> str:
+    def claims_key(self, binding: Binding, claims: str) -> TokenKey:
         """Where a token for this claims request is kept: never the plain key."""
-        return f"{binding.key}|claims:{_digest(claims)}"
+        return binding.key._replace(claims=_digest(claims))
 
     # ------------------------------------------------------------------ forgetting
 
@@ -752,11 +835,12 @@ class Provider:
         """
         if what is Forget.TOKEN:
             return self._forget_token(binding, claims, token)
-        prefix = binding.account_key + "|"
-        for key in [k for k in list(self.entries) if k.startswith(prefix)]:
-            self.entries.pop(key, None)
+        account = binding.key.account
+        for key in [k for k in list(self.entries)
+                    if isinstance(k, TokenKey) and k.account == account]:
+            self._pop(key)
         if what is Forget.SIGN_OUT:
-            self.store_for(binding.profile).delete(binding.key, binding.account_key)
+            self.store_for(binding.profile).delete(binding.store_key, binding.store_account_key)
         return None
 
     def _forget_token(self, binding: Binding, claims: Optional[str],
@@ -768,7 +852,7 @@ class Provider:
                 return replaced
         current = self.entries.get(key)
         if current is not None and (token is None or current.token.token == token.token.token):
-            self.entries.pop(key, None)
+            self._pop(key)
         else:
             current = None
         refused = token or current
@@ -789,6 +873,8 @@ class Provider:
         self.join_background(timeout=30)  # a refresh landing later must not refill the cache
         with self._guard:
             self.entries.clear()
+            for slot in list(self._slots.values()):  # bindings kept by callers (EntraAuth)
+                slot.entry = None
             self._rejected.clear()
             self._refusals.clear()
             self._bindings.clear()
@@ -798,21 +884,21 @@ class Provider:
             self.recheck_at = 0.0
 
 
-def _flight_key(key: str) -> str:
+def _flight_key(key: TokenKey) -> Hashable:
     """The single-flight key of a token key: the token key itself, or, for flows that may ask
-    a person, the sign-in (the account key) — never a claims key's own."""
-    flow = key.split("|", 1)[0]
-    # Flows that may ask a person: one acquisition per sign-in, whatever the scopes.
-    if registry.flow(flow).may_prompt and "|claims:" not in key:
-        return "signin|" + key.rsplit("|", 1)[0]
+    a person, the sign-in (one acquisition per sign-in, whatever the scopes) — never for a
+    claims key."""
+    if key.claims is None and registry.flow(key.account.flow).may_prompt:
+        return ("signin", key.account)
     return key
 
 
-def _replace_or_save(store: TokenStore, binding: Binding, key: str, record: dict[str, Any],
-                     replace: bool) -> None:
+def _replace_or_save(store: TokenStore, binding: Binding, key: TokenKey,
+                     record: dict[str, Any], replace: bool) -> None:
+    account = binding.store_account_key
     if replace:
-        store.forget_account_tokens(binding.account_key)
-    store.save(key, binding.account_key, record)
+        store.forget_account_tokens(account)
+    store.save(store_key(key), account, record)
 
 
 def _entry_from_record(
@@ -868,8 +954,8 @@ def get_token(
     ``force_refresh`` skips the cache; ``prompt`` shows sign-in instructions (default: standard
     error). Raises :class:`~authlayer.ConfigError` or :class:`~authlayer.TokenError`.
     """
-    # The hot path: one dict read keyed by the call's own arguments (what _args builds), one
-    # dict read of the entry, one look at the clock.
+    # The hot path: one dict read keyed by the call's own arguments (what _args builds), the
+    # binding's slot (no key to hash), one look at the clock.
     provider = PROVIDER
     if profile is None or config is None:
         args: tuple[Any, ...] = (profile, config, scope, tenant, user_assertion,
@@ -882,7 +968,7 @@ def get_token(
     except TypeError:  # a list of scopes: the slow path makes it a tuple
         binding = None
     if binding is not None and not force_refresh:
-        entry = provider.entries.get(binding.key)
+        entry = binding.slot.entry
         if entry is not None:
             now = provider.clock()
             if now < entry.refresh_on and now < provider.recheck_at:

@@ -102,8 +102,9 @@ def test_the_account_and_refresh_token_are_kept_but_not_in_the_cache_key(
         emu: Emulator, device: DeviceCodes, person: str, me: str) -> None:
     token = get_token(me, prompt=Approver(emu, person))
     binding = PROVIDER.bind(me)
-    assert "offline_access" not in binding.key
-    record = PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key)
+    assert "offline_access" not in binding.store_key
+    record = PROVIDER.store_for(binding.profile).load(binding.store_key,
+                                                          binding.store_account_key)
     assert record is not None
     claims = jwt.decode(token.token)[1]
     assert record["account"] == {"home_account_id": f"{claims['oid']}.{claims['tid']}",
@@ -386,7 +387,8 @@ def test_a_fresh_sign_in_ignores_the_kept_refresh_token(emu: Emulator, device: D
                                                         person: str, me: str) -> None:
     get_token(me, prompt=Approver(emu, person))
     binding = PROVIDER.bind(me)
-    record = PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key)
+    record = PROVIDER.store_for(binding.profile).load(binding.store_key,
+                                                          binding.store_account_key)
     assert record is not None
     assert record["refresh_token"]
     someone_else = new_person(emu)

@@ -187,6 +187,6 @@ def test_signing_out_forgets_the_stored_records(emu: Emulator,
     PROVIDER.get(binding)
     store = PROVIDER.store_for(binding.profile)
     PROVIDER.forget(binding, Forget.SIGN_IN)
-    assert store.load(binding.key, binding.account_key) is not None  # memory only
+    assert store.load(binding.store_key, binding.store_account_key) is not None  # memory only
     PROVIDER.forget(binding)  # SIGN_OUT is the default
-    assert store.load(binding.key, binding.account_key) is None
+    assert store.load(binding.store_key, binding.store_account_key) is None

@@ -277,9 +277,9 @@ def test_a_cache_that_cannot_be_written_keeps_the_token_in_memory(
 def test_expired_entries_are_swept_when_the_cache_grows(emu: Emulator, cc_profile: str) -> None:
     old = CachedToken(AccessToken("x", 1), 0, "Bearer x")
     for i in range(SWEEP_ABOVE + 5):
-        PROVIDER.entries[f"stale-{i}"] = old
+        PROVIDER.entries[f"stale-{i}"] = old  # type: ignore[index]
     get_token(cc_profile)
-    assert not any(k.startswith("stale-") for k in PROVIDER.entries)
+    assert not any(isinstance(k, str) and k.startswith("stale-") for k in PROVIDER.entries)
 
 
 # ------------------------------------------------------------------ second review
@@ -430,7 +430,7 @@ def test_a_profile_name_with_the_separator_does_not_share_keys(profiles: Profile
 
     me = Binding.make(load_profile("me"))
     other = Binding.make(load_profile("me|x"))
-    assert not other.key.startswith(me.account_key + "|")
+    assert not other.store_key.startswith(me.store_account_key + "|")
 
 
 def test_an_unusable_cache_still_keeps_the_sign_in_in_memory(

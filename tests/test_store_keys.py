@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from authlayer.provider import PROVIDER, Binding
+from authlayer.provider import PROVIDER, Binding, store_key
 
 from .conftest import Profiles
 
@@ -107,11 +107,11 @@ CLAIMS_SUFFIX = "|claims:@CLAIMS@"
 
 def _store_keys(binding: Binding) -> tuple[str, str]:
     """What the binding hands to its store: the token's key and the account's key."""
-    return binding.key, binding.account_key
+    return binding.store_key, binding.store_account_key
 
 
 def _claims_store_key(binding: Binding, claims: str) -> str:
-    return PROVIDER.claims_key(binding, claims)
+    return store_key(PROVIDER.claims_key(binding, claims))
 
 
 @pytest.fixture

@@ -90,7 +90,8 @@ def test_the_rotated_refresh_token_is_kept_and_used_next(emu: Emulator,
 
 def _kept_refresh_token(profile: str) -> str:
     binding = PROVIDER.bind(profile)
-    record = PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key)
+    record = PROVIDER.store_for(binding.profile).load(binding.store_key,
+                                                          binding.store_account_key)
     assert record is not None
     return str(record["refresh_token"])
 
