@@ -23,7 +23,7 @@ import httpx
 from .errors import ConfigError
 from .jwt import JWTError, b64url_decode
 from .profile import Profile
-from .provider import PROVIDER, Binding, CachedToken, PathArg, ScopeArg
+from .provider import PROVIDER, Binding, CachedToken, Forget, PathArg, ScopeArg, after_401
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -322,7 +322,7 @@ class EntraAuth(httpx.Auth):
 
     def _token(self) -> CachedToken:
         binding = self.binding
-        entry = PROVIDER.entries.get(binding.key)
+        entry = binding.slot.entry
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
             entry = PROVIDER.get(binding, prompt=self._prompt)
         return entry
@@ -337,7 +337,7 @@ class EntraAuth(httpx.Auth):
         if not self._httpx_allowed(binding, request.url):
             yield request
             return
-        entry = PROVIDER.entries.get(binding.key)
+        entry = binding.slot.entry
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
             entry = PROVIDER.get(binding, prompt=self._prompt)
         request.headers["Authorization"] = entry.header
@@ -346,11 +346,11 @@ class EntraAuth(httpx.Auth):
             return
         claims = claims_from_challenge(response.headers.get("www-authenticate"))
         response.read()
-        entry = PROVIDER.after_rejection(binding, entry, claims=claims, prompt=self._prompt)
+        entry = PROVIDER.get(binding, after_401(entry, claims), prompt=self._prompt)
         request.headers["Authorization"] = entry.header
         response = yield request
         if claims and response.status_code == 401:  # the claims token was refused in turn
-            PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
+            PROVIDER.forget(binding, Forget.TOKEN, claims=claims, token=entry)
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -367,7 +367,7 @@ class EntraAuth(httpx.Auth):
         if not self._httpx_allowed(binding, request.url):
             yield request
             return
-        entry = PROVIDER.entries.get(binding.key)
+        entry = binding.slot.entry
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
             entry = await PROVIDER.get_async(binding, prompt=self._prompt)
         request.headers["Authorization"] = entry.header
@@ -376,12 +376,11 @@ class EntraAuth(httpx.Auth):
             return
         claims = claims_from_challenge(response.headers.get("www-authenticate"))
         await response.aread()
-        entry = await PROVIDER.after_rejection_async(binding, entry, claims=claims,
-                                                     prompt=self._prompt)
+        entry = await PROVIDER.get_async(binding, after_401(entry, claims), prompt=self._prompt)
         request.headers["Authorization"] = entry.header
         response = yield request
         if claims and response.status_code == 401:  # the claims token was refused in turn
-            PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
+            PROVIDER.forget(binding, Forget.TOKEN, claims=claims, token=entry)
 
     # ------------------------------------------------------------------ requests, aiohttp
 
@@ -470,8 +469,8 @@ class _RequestsRetry:
         # Consume and release the first answer so its connection can be reused.
         _ = r.content
         r.close()
-        entry = PROVIDER.after_rejection(self.auth.binding, self.entry, claims=claims,
-                                         prompt=self.auth._prompt)
+        entry = PROVIDER.get(self.auth.binding, after_401(self.entry, claims),
+                             prompt=self.auth._prompt)
         again = prep.copy()
         again._authlayer_resent = True  # type: ignore[attr-defined,unused-ignore]
         jar = again._cookies  # type: ignore[attr-defined]
@@ -481,7 +480,7 @@ class _RequestsRetry:
         second = r.connection.send(again, **kwargs)  # type: ignore[attr-defined,unused-ignore]
         if claims and second.status_code == 401:  # the claims token was refused in turn
             binding = self.auth.binding
-            PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
+            PROVIDER.forget(binding, Forget.TOKEN, claims=claims, token=entry)
         second.history.append(r)
         second.request = again
         return second  # type: ignore[no-any-return,unused-ignore]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from . import registry
-from .provider import PROVIDER, Binding, CachedToken, PathArg
+from .provider import PLAIN, PROVIDER, Binding, CachedToken, Forget, PathArg, for_claims
 from .token import AccessToken
 
 __all__ = ["AccessTokenInfo", "ProfileCredential", "credential"]
@@ -50,7 +50,7 @@ class _Base:
                                     tenant=tenant_id)
         if claims:
             # The SDK asks with claims after a claims challenge: the plain token was refused.
-            PROVIDER.drop_plain(binding)
+            PROVIDER.forget(binding, Forget.TOKEN)
         return binding
 
     @staticmethod
@@ -71,7 +71,8 @@ class ProfileCredential(_Base):
 
     def _get(self, scopes: tuple[str, ...], claims: Optional[str],
              tenant_id: Optional[str]) -> CachedToken:
-        return PROVIDER.get(self._bind(scopes, tenant_id, claims), claims=claims)
+        return PROVIDER.get(self._bind(scopes, tenant_id, claims),
+                            for_claims(claims) if claims else PLAIN)
 
     def get_token(self, *scopes: str, claims: Optional[str] = None,
                   tenant_id: Optional[str] = None, **kwargs: Any) -> AccessToken:
@@ -111,8 +112,8 @@ class AsyncProfileCredential(_Base):
                                                 scope=scopes or None, tenant=tenant_id)
         if claims:
             # The SDK asks with claims after a claims challenge: the plain token was refused.
-            PROVIDER.drop_plain(binding)
-        return await PROVIDER.get_async(binding, claims=claims)
+            PROVIDER.forget(binding, Forget.TOKEN)
+        return await PROVIDER.get_async(binding, for_claims(claims) if claims else PLAIN)
 
     async def get_token(self, *scopes: str, claims: Optional[str] = None,
                         tenant_id: Optional[str] = None, **kwargs: Any) -> AccessToken:

@@ -137,10 +137,10 @@ def _bind(args: argparse.Namespace) -> Any:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from .provider import PROVIDER
+    from .provider import PLAIN, PROVIDER
 
     binding = _bind(args)
-    token = PROVIDER.get(binding, interactive=not args.no_prompt).token
+    token = PROVIDER.get(binding, PLAIN.but(interactive=not args.no_prompt)).token
     if args.json:
         import json
 
@@ -170,13 +170,13 @@ def _summary(claims: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from . import jwt
-    from .provider import PROVIDER
+    from .provider import PLAIN, PROVIDER
 
     binding = _bind(args)
     profile = binding.profile
     out(f"profile {_printable(repr(profile.name))}: flow {profile.flow}, "
          "configuration is valid")
-    entry = PROVIDER.get(binding, interactive=not args.no_prompt)
+    entry = PROVIDER.get(binding, PLAIN.but(interactive=not args.no_prompt))
     out(f"token obtained (expires {_when(entry.token.expires_on)})")
     try:
         _header, claims = jwt.decode(entry.token.token)
@@ -217,12 +217,12 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _cmd_login(args: argparse.Namespace) -> int:
-    from .provider import PROVIDER
+    from .provider import LOGIN, PROVIDER
 
     binding = _bind(args)
     # Sign in anew (perhaps as someone else), even when a refresh token is kept; the kept
     # sign-in is replaced only if this one succeeds.
-    entry = PROVIDER.login(binding)
+    entry = PROVIDER.get(binding, LOGIN)
     where = "the token cache file" if binding.profile.cache == "file" else "memory only"
     _err(f"signed in with profile {_printable(repr(binding.profile.name))}; token valid until "
          f"{_when(entry.token.expires_on)} (kept in {where})")
@@ -234,9 +234,10 @@ def _cmd_logout(args: argparse.Namespace) -> int:
 
     binding = _bind(args)
     name = _printable(repr(binding.profile.name))
-    prefix = binding.account_key + "|"
-    kept = any(k == binding.key or k.startswith(prefix) for k in list(PROVIDER.entries)) or (
-        PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key) is not None)
+    account = binding.key.account
+    kept = any(k.account == account for k in list(PROVIDER.entries)) or (
+        PROVIDER.store_for(binding.profile).load(binding.store_key, binding.store_account_key)
+        is not None)
     PROVIDER.forget(binding)  # also other scopes' tokens of the same sign-in, if any
     if kept:
         _err(f"forgot the cached tokens of profile {name}")

@@ -31,8 +31,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Generator, Sequence
+import weakref
+from collections.abc import Generator, Hashable, Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 from . import registry
@@ -45,8 +47,9 @@ from .profile import Profile
 from .store import MemoryStore, TokenStore
 from .token import AccessToken, TokenResult
 
-__all__ = ["PROVIDER", "Binding", "CachedToken", "Provider", "get_token", "get_token_async",
-           "reset"]
+__all__ = ["FORCED", "LOGIN", "PLAIN", "POLICY", "PROVIDER", "Binding", "CachedToken", "Forget",
+           "Need", "Policy", "Provider", "Want", "after_401", "for_claims", "get_token",
+           "get_token_async", "reset"]
 
 log = logging.getLogger("authlayer")
 
@@ -93,8 +96,113 @@ class CachedToken(NamedTuple):
         return f"CachedToken({self.token!r}, refresh_on={self.refresh_on})"
 
 
+# ---------------------------------------------------------------------- what a caller needs
+
+
+class Want(Enum):
+    """What a caller asks the provider for (see :class:`Need` and :data:`POLICY`)."""
+
+    PLAIN = "plain"  # a valid token, from the cache when it can
+    FORCED = "forced"  # a new token (get_token(force_refresh=True))
+    AFTER_401 = "after_401"  # a new token instead of one that got a 401
+    CLAIMS = "claims"  # a token for a claims challenge (kept under its own key)
+    LOGIN = "login"  # a new sign-in (authlayer login)
+
+
+class Forget(Enum):
+    """What :meth:`Provider.forget` forgets."""
+
+    TOKEN = "token"  # one token
+    SIGN_IN = "sign_in"  # every token of a sign-in, in memory
+    SIGN_OUT = "sign_out"  # and its records in the store: logout
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one caller needs, as one value: ``want``, the claims of a claims challenge, the
+    token that got a 401, and whether a person may be asked to sign in. Build it with
+    :data:`PLAIN`, :data:`FORCED`, :data:`LOGIN`, :func:`after_401` or :func:`for_claims`, and
+    ``.but(interactive=False)``."""
+
+    want: Want
+    claims: Optional[str] = None
+    rejected: Optional[CachedToken] = None
+    interactive: bool = True
+
+    def but(self, *, interactive: bool) -> Need:
+        return replace(self, interactive=interactive)
+
+
+PLAIN = Need(Want.PLAIN)
+FORCED = Need(Want.FORCED)
+LOGIN = Need(Want.LOGIN)
+
+
+def after_401(rejected: CachedToken, claims: Optional[str] = None) -> Need:
+    """A token to send again after ``rejected`` got a 401 (a claims challenge: for ``claims``)."""
+    if claims:
+        return Need(Want.CLAIMS, claims, rejected)
+    return Need(Want.AFTER_401, rejected=rejected)
+
+
+def for_claims(claims: str) -> Need:
+    """A token for a claims challenge that some code other than ours saw (an Azure SDK)."""
+    return Need(Want.CLAIMS, claims)
+
+
+class Policy(NamedTuple):
+    """How the provider serves one :class:`Want`: every decision that depends on it."""
+
+    cached: bool  # serve a cached entry that is not due (a due, valid one too, refreshing it
+    #               in the background)
+    no_wait: bool  # a follower with a still-valid entry uses it instead of waiting for a flight
+    takes: Optional[frozenset[Want]]  # whose flights' tokens a follower takes (None: any
+    #                                   leader's, but never the token that got the 401)
+    recheck: Optional[str]  # the leader first looks at memory again: "fresh" (not due) or
+    #                         "valid" (any valid entry but the rejected one)
+    current_ok: bool  # the current token will do: reuse a fresh one another process stored;
+    #                   while it is valid, nobody is asked to sign in, and a failed refresh
+    #                   keeps it in use
+    fresh_sign_in: bool  # sign in anew; on success only, replace the account's tokens
+    cooldown: bool  # a token that got a 401 may be sent again during a cooldown instead
+    refusals: bool  # the new token is watched: refused again moments later starts a cooldown
+
+
+_FORCED = frozenset({Want.FORCED, Want.LOGIN})
+_LOGIN = frozenset({Want.LOGIN})
+POLICY: dict[Want, Policy] = {
+    #                        cached no_wait takes    recheck  current_ok fresh  cooldown refusals
+    Want.PLAIN:     Policy(True,  True,   None,    "fresh", True,      False, False,   False),
+    Want.FORCED:    Policy(False, False,  _FORCED, None,    False,     False, False,   False),
+    Want.AFTER_401: Policy(False, False,  None,    "valid", False,     False, True,    True),
+    Want.CLAIMS:    Policy(True,  True,   None,    "fresh", False,     False, True,    False),
+    Want.LOGIN:     Policy(False, False,  _LOGIN,  None,    False,     True,  False,   False),
+}
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+class AccountKey(NamedTuple):
+    """A sign-in: whose tokens (``who``: the person, the managed identity, the user assertion,
+    the profile for a person's flows...) from which client and credential, where."""
+
+    flow: str
+    authority: str
+    tenant: str
+    client_id: str
+    credential: str
+    who: tuple[str, ...]
+
+
+class TokenKey(NamedTuple):
+    """A token: the sign-in, its scopes (sorted) and, for a claims challenge, its claims'
+    digest (never the plain token's key)."""
+
+    account: AccountKey
+    scopes: tuple[str, ...]
+    claims: Optional[str] = None
 
 
 def _escape(part: str) -> str:
@@ -102,12 +210,38 @@ def _escape(part: str) -> str:
     return part.replace("%", "%25").replace("|", "%7C")
 
 
+def store_account_key(account: AccountKey) -> str:
+    """The account's key in a :class:`~authlayer.store.TokenStore`: this very string is in
+    users' token cache files, so it never changes (``tests/test_store_keys.py``)."""
+    return "|".join(_escape(part) for part in (
+        account.flow, account.authority, account.tenant, account.client_id,
+        account.credential, *account.who))
+
+
+def store_key(key: TokenKey) -> str:
+    """The token's key in a :class:`~authlayer.store.TokenStore` (it starts with its
+    account's key and ``|``); never changes either."""
+    text = f"{store_account_key(key.account)}|{_escape(' '.join(key.scopes))}"
+    return text if key.claims is None else f"{text}|claims:{key.claims}"
+
+
+class _Slot:
+    """Where the hot path finds a token key's cache entry without hashing the key: one per
+    key, shared by every binding of that key, kept equal to ``Provider.entries[key]``."""
+
+    __slots__ = ("__weakref__", "entry")
+
+    def __init__(self, entry: Optional[CachedToken] = None) -> None:
+        self.entry = entry
+
+
 class Binding(NamedTuple):
     """A profile with its call's overrides, ready to use: its cache key and host policy.
 
     ``key`` identifies the token (authority, tenant, client, credential, scopes, and whose it
-    is); ``account_key`` the sign-in it came from (the same without the scopes), under which
-    refresh tokens are kept. Every token key of an account starts with ``account_key + "|"``.
+    is); ``key.account`` the sign-in it came from (the same without the scopes), under which
+    refresh tokens are kept. ``store_key`` and ``store_account_key`` are the same as
+    strings, for the stores. ``slot`` holds the key's cache entry, for the hot path.
 
     A tenant override keeps the profile it was derived from in ``base`` and the tenant in
     ``tenant``: thousands of tenants of one profile share it (``profile`` builds the
@@ -115,9 +249,10 @@ class Binding(NamedTuple):
     """
 
     base: Profile
-    key: str
-    user_assertion: Optional[str] = None
-    tenant: Optional[str] = None
+    key: TokenKey
+    user_assertion: Optional[str]
+    tenant: Optional[str]
+    slot: _Slot
 
     def __repr__(self) -> str:
         extra = f", tenant={self.tenant!r}" if self.tenant is not None else ""
@@ -131,9 +266,16 @@ class Binding(NamedTuple):
         return replace(self.base, tenant=self.tenant)
 
     @property
-    def account_key(self) -> str:
-        # The scopes part of a key is escaped: it holds no "|".
-        return self.key.rpartition("|")[0]
+    def account_key(self) -> AccountKey:
+        return self.key.account
+
+    @property
+    def store_key(self) -> str:
+        return store_key(self.key)
+
+    @property
+    def store_account_key(self) -> str:
+        return store_account_key(self.key.account)
 
     @property
     def hosts(self) -> HostPolicy:
@@ -141,33 +283,31 @@ class Binding(NamedTuple):
 
     @classmethod
     def make(cls, profile: Profile, user_assertion: Optional[str] = None) -> Binding:
-        return cls(profile, cls.key_for(profile, user_assertion), user_assertion or None)
+        return cls(profile, cls.key_for(profile, user_assertion), user_assertion or None, None,
+                   _Slot())
 
     @staticmethod
-    def key_for(profile: Profile, user_assertion: Optional[str] = None) -> str:
-        if profile.flow == "on_behalf_of" and not user_assertion:
+    def key_for(profile: Profile, user_assertion: Optional[str] = None) -> TokenKey:
+        spec = registry.flow(profile.flow)
+        if spec.needs_user_assertion and not user_assertion:
             raise profile.config_error(
-                "flow 'on_behalf_of' needs the incoming token: pass user_assertion=... to "
+                f"flow {profile.flow!r} needs the incoming token: pass user_assertion=... to "
                 "EntraAuth or get_token"
             )
         who = [profile.username or "", profile.login_hint or "", profile.object_id or "",
                profile.resource_id or ""]
-        if registry.flow(profile.flow).names_profile:
+        if spec.names_profile:
             # Two profiles of one app are two people's sign-ins: never share their tokens.
             who.append("profile:" + profile.name)
         if profile.refresh_token is not None:
             who.append("rt:" + _digest(profile.refresh_token.identity))
         if user_assertion:
             who.append("obo:" + _digest(user_assertion))
-        identity = registry.flow(profile.flow).identity
-        if identity is not None:
-            who.append(str(identity(profile)))  # e.g. the Azure CLI's signed-in account
-        account = "|".join(_escape(part) for part in [
-            profile.flow, profile.authority, profile.tenant or "", profile.client_id or "",
-            profile.credential_identity, *who,
-        ])
-        scopes = _escape(" ".join(sorted(profile.scopes)))
-        return f"{account}|{scopes}"
+        if spec.identity is not None:
+            who.append(str(spec.identity(profile)))  # e.g. the Azure CLI's signed-in account
+        account = AccountKey(profile.flow, profile.authority, profile.tenant or "",
+                             profile.client_id or "", profile.credential_identity, tuple(who))
+        return TokenKey(account, tuple(sorted(profile.scopes)))
 
 
 def _record(result: TokenResult) -> dict[str, Any]:
@@ -221,10 +361,14 @@ class Provider:
     """Process-wide token cache and acquisition. Use the module's :data:`PROVIDER`."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, CachedToken] = {}
-        self._rejected: dict[str, str] = {}  # key -> the token that last got a 401 there
-        self._refusals: dict[str, _Refusal] = {}
-        self._flights: SingleFlight[str, CachedToken] = SingleFlight()
+        self.entries: dict[TokenKey, CachedToken] = {}
+        # Each key's entry again, for the hot path; a slot lives while a binding holds it.
+        self._slots: weakref.WeakValueDictionary[TokenKey, _Slot] = (
+            weakref.WeakValueDictionary())
+        self._rejected: dict[TokenKey, str] = {}  # key -> the token that last got a 401 there
+        self._refusals: dict[TokenKey, _Refusal] = {}
+        # Keyed by a token key, or by ("signin", account key) for flows that may ask a person.
+        self._flights: SingleFlight[Hashable, CachedToken] = SingleFlight()
         self._loads: SingleFlight[tuple[Any, ...], Binding] = SingleFlight()  # async loads
         self._guard = threading.Lock()
         self._bindings: dict[tuple[Any, ...], Binding] = {}
@@ -266,16 +410,25 @@ class Provider:
             if derived is not None:
                 key = Binding.key_for(derived, user_assertion)
                 binding = base if key == base.key else Binding(
-                    base.base, key, base.user_assertion, derived.tenant)
+                    base.base, key, base.user_assertion, derived.tenant, self._slot(key))
         if binding is None:
             loaded = load_profile(profile, config=config, scope=scope, tenant=tenant)
             binding = Binding.make(loaded, user_assertion)
+            binding = binding._replace(slot=self._slot(binding.key))
             self._watch(loaded.config_path)
         with self._guard:
             if len(self._bindings) >= MAX_BINDINGS:  # forget the oldest one, not all
                 self._bindings.pop(next(iter(self._bindings)), None)
             self._bindings[args] = binding
         return binding
+
+    def _slot(self, key: TokenKey) -> _Slot:
+        """The key's one slot (every binding of the key shares it)."""
+        with self._guard:
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = _Slot(self.entries.get(key))
+            return slot
 
     async def bind_async(
         self,
@@ -342,7 +495,7 @@ class Provider:
             return None
         if binding is None:
             return None
-        entry = self.entries.get(binding.key)
+        entry = binding.slot.entry
         if entry is None:
             return None
         now = self.clock()
@@ -358,60 +511,50 @@ class Provider:
 
     # ------------------------------------------------------------------ the slow path, sans I/O
 
-    def _obtain(
-        self,
-        binding: Binding,
-        *,
-        key: str,
-        claims: Optional[str] = None,
-        force: bool = False,
-        rejected: bool = False,
-        fresh_sign_in: bool = False,
-        interactive: bool = True,
-        prompt: Prompt = None,
-    ) -> Generator[Action, Any, CachedToken]:
+    def _obtain(self, binding: Binding, key: TokenKey, need: Need, prompt: Prompt,
+                discard: bool = False) -> Generator[Action, Any, CachedToken]:
         """Get a token from the store or the flow and keep it (under ``key``: the plain key, or
-        a claims key). Runs as the leader of ``key``'s single flight.
-
-        ``force``: don't reuse a stored token. ``rejected``: the stored token got a 401; forget
-        it (not the refresh token). ``fresh_sign_in``: ``authlayer login`` — sign in anew and,
-        on success only, replace the account's tokens.
+        a claims key), as :data:`POLICY` says for ``need``. Runs as the leader of ``key``'s
+        single flight. ``discard``: the stored token got a 401; forget it (not the refresh
+        token) first.
         """
+        policy = POLICY[need.want]
         profile = binding.profile
         store = self.store_for(profile)
         now = self.clock()
         seen = self.entries.get(key)
         record: Optional[dict[str, Any]] = None
+        stored, account = binding.store_key, binding.store_account_key
         try:
-            if rejected:
-                yield Call(lambda: store.discard(binding.key))
-            found = yield Call(lambda: store.load(binding.key, binding.account_key))
+            if discard:
+                yield Call(lambda: store.discard(stored))
+            found = yield Call(lambda: store.load(stored, account))
             record = found if isinstance(found, dict) else None
         except AuthLayerError as exc:  # an unusable token cache must not stop the work
             log.warning("profile %r: the token cache could not be read (%s); tokens are kept "
                         "in memory only", profile.name, exc)
             store = self._memory_store
-            record = store.load(binding.key, binding.account_key)
+            record = store.load(stored, account)
         if record is not None and record.get("access_token") == self._rejected.get(binding.key):
             record = {k: v for k, v in record.items() if k != "access_token"}
-        if record is not None and not (force or claims or fresh_sign_in):
+        if record is not None and policy.current_ok:
             entry = _entry_from_record(record, now)
             if entry is not None:  # another process (or an earlier run) has a fresh one
                 self._keep(key, entry)
                 return entry
         from_memory = seen is not None
-        if seen is None and record is not None and not (claims or rejected):
+        if seen is None and record is not None and policy.current_ok:
             seen = _entry_from_record(record, now, due=True)
         still_valid = seen is not None and now < seen.token.expires_on - MIN_VALIDITY
         ctx = FlowContext(
             profile,
-            claims=claims,
+            claims=need.claims,
             user_assertion=binding.user_assertion,
-            refresh_token=(record or {}).get("refresh_token") if not fresh_sign_in else None,
+            refresh_token=None if policy.fresh_sign_in else (record or {}).get("refresh_token"),
             account=(record or {}).get("account"),
             # Nobody is asked to sign in while the current token still serves.
-            interactive=interactive and not (still_valid and not force and not claims),
-            fresh_sign_in=fresh_sign_in,
+            interactive=need.interactive and not (still_valid and policy.current_ok),
+            fresh_sign_in=policy.fresh_sign_in,
             prompt=prompt or default_prompt,
             clock=self.clock,
         )
@@ -420,7 +563,7 @@ class Provider:
             result = yield from registry.flow(profile.flow).acquire(ctx)
         except AuthLayerError as exc:
             fallback = None
-            if seen is not None and still_valid and not (force or claims or fresh_sign_in):
+            if seen is not None and still_valid and policy.current_ok:
                 fallback = self._fallback(key, seen, from_memory)
             if fallback is None:
                 raise
@@ -434,22 +577,23 @@ class Provider:
         if result.refresh_token or result.account:
             saved["refresh_token"] = result.refresh_token
             saved["account"] = result.account
-        if fresh_sign_in:  # a new sign-in, perhaps another person: drop the old one's tokens
-            self._drop_account(binding)
+        fresh = policy.fresh_sign_in
+        if fresh:  # a new sign-in, perhaps another person: drop the old one's tokens
+            self.forget(binding, Forget.SIGN_IN)
         try:
             # A claims token is kept under its claims key: never served for the plain one.
-            if store is not self._memory_store or "refresh_token" in saved or fresh_sign_in:
-                yield Call(lambda: _replace_or_save(store, binding, key, saved, fresh_sign_in))
+            if store is not self._memory_store or "refresh_token" in saved or fresh:
+                yield Call(lambda: _replace_or_save(store, binding, key, saved, fresh))
             # (In memory, a record without a refresh token would only repeat the entry.)
         except AuthLayerError as exc:
             log.warning("profile %r: the token cache could not be written (%s); tokens are "
                         "kept in memory only", profile.name, exc)
-            _replace_or_save(self._memory_store, binding, key, saved, fresh_sign_in)
+            _replace_or_save(self._memory_store, binding, key, saved, fresh)
         self._keep(key, entry)
         log.debug("profile %r: new token, expires at %d", profile.name, result.expires_on)
         return entry
 
-    def _fallback(self, key: str, seen: CachedToken, from_memory: bool,
+    def _fallback(self, key: TokenKey, seen: CachedToken, from_memory: bool,
                   ) -> Optional[CachedToken]:
         """After a failed refresh: the token to keep serving, if any. Never one that has
         expired meanwhile (the failure may have taken minutes), got a 401, or was replaced."""
@@ -469,29 +613,39 @@ class Provider:
         self._keep(key, postponed)
         return postponed
 
-    def _keep(self, key: str, entry: CachedToken) -> None:
+    def _set(self, key: TokenKey, entry: CachedToken) -> None:
+        """The one way an entry is written: into ``entries`` and the key's slot."""
         self.entries[key] = entry
+        slot = self._slots.get(key)
+        if slot is not None:
+            slot.entry = entry
+
+    def _pop(self, key: TokenKey) -> Optional[CachedToken]:
+        """The one way an entry is removed."""
+        slot = self._slots.get(key)
+        if slot is not None:
+            slot.entry = None
+        return self.entries.pop(key, None)
+
+    def _keep(self, key: TokenKey, entry: CachedToken) -> None:
+        self._set(key, entry)
         if self._rejected.get(key) not in (None, entry.token.token):
             self._rejected.pop(key, None)
         if len(self.entries) > self._sweep_above:
             now = self.clock()
             for stale in [k for k, e in list(self.entries.items())
                           if e.token.expires_on <= now]:
-                self.entries.pop(stale, None)
+                self._pop(stale)
                 self._rejected.pop(stale, None)
                 self._refusals.pop(stale, None)
             # Many live entries (tenants): sweep again only when they have doubled, so that a
             # large cache is not scanned for every new token.
             self._sweep_above = max(SWEEP_ABOVE, 2 * len(self.entries))
 
-    def _drop_account(self, binding: Binding) -> None:
-        prefix = binding.account_key + "|"
-        for key in [k for k in list(self.entries) if k.startswith(prefix)]:
-            self.entries.pop(key, None)
-
     # ------------------------------------------------------------------ single flight
 
-    def _usable(self, key: str, exclude: Optional[CachedToken] = None) -> Optional[CachedToken]:
+    def _usable(self, key: TokenKey,
+                exclude: Optional[CachedToken] = None) -> Optional[CachedToken]:
         """The entry under ``key`` if it is still valid (and not ``exclude``)."""
         entry = self.entries.get(key)
         if entry is None or entry is exclude:
@@ -500,70 +654,85 @@ class Provider:
             return None
         return entry if self.clock() < entry.token.expires_on - MIN_VALIDITY else None
 
-    def _fresh(self, key: str) -> Optional[CachedToken]:
+    def _fresh(self, key: TokenKey) -> Optional[CachedToken]:
         entry = self.entries.get(key)
         return entry if entry is not None and self.clock() < entry.refresh_on else None
 
-    def _run(self, key: str, make: Callable[[], Generator[Action, Any, CachedToken]],
-             *, need: str = "plain", wait: bool = True,
-             exclude: Optional[CachedToken] = None) -> CachedToken:
-        """Run ``make()``'s flow as the leader of ``key``'s flight, or share the leader's
-        outcome. ``wait`` false: a follower with a still-valid entry uses it instead of
-        waiting."""
-        return self._flights.run(
-            _flight_key(key), lambda: run_sync(make()), tag=(need, key),
-            shares=lambda tag: tag[1] == key, takes=_taker(need, exclude),
-            instead=None if wait else lambda: self._usable(key, exclude))
+    def _lead(self, binding: Binding, key: TokenKey, need: Need, prompt: Prompt,
+              discard: bool = False) -> Generator[Action, Any, CachedToken]:
+        """The leader's flow: first look again (a flight that just landed may have done the
+        work), as :data:`POLICY` says, then obtain the token."""
+        recheck = POLICY[need.want].recheck
+        if recheck is not None:
+            entry = (self._fresh(key) if recheck == "fresh"
+                     else self._usable(key, exclude=need.rejected))
+            if entry is not None:
+                return entry
+        return (yield from self._obtain(binding, key, need, prompt, discard))
 
-    async def _run_async(self, key: str,
-                         make: Callable[[], Generator[Action, Any, CachedToken]],
-                         *, need: str = "plain", wait: bool = True,
-                         exclude: Optional[CachedToken] = None) -> CachedToken:
-        """:meth:`_run` for async code."""
-        return await self._flights.run_async(
-            _flight_key(key), lambda: run_async(make()), tag=(need, key),
-            shares=lambda tag: tag[1] == key, takes=_taker(need, exclude),
-            instead=None if wait else lambda: self._usable(key, exclude))
+    def _flight(self, key: TokenKey, need: Need) -> dict[str, Any]:
+        """How a caller with ``need`` joins ``key``'s single flight (see :data:`POLICY`)."""
+        policy = POLICY[need.want]
+        rejected = need.rejected
+        wants = policy.takes
+
+        def takes(tag: tuple[Want, str], shared: CachedToken) -> bool:
+            if wants is not None and tag[0] not in wants:
+                return False  # a forced refresh or a login does not take less than it asked
+            return rejected is None or shared.token.token != rejected.token.token
+
+        return {"tag": (need.want, key), "shares": lambda tag: tag[1] == key, "takes": takes,
+                "instead": (lambda: self._usable(key, rejected)) if policy.no_wait else None}
 
     # ------------------------------------------------------------------ the operations
 
-    def _plan(self, binding: Binding, force: bool, claims: Optional[str], prompt: Prompt,
-              interactive: bool, rejected: bool = False,
-              ) -> tuple[str, Callable[[], Generator[Action, Any, CachedToken]]]:
-        if claims:
-            key = self.claims_key(binding, claims)
-            return key, lambda: self._obtain(binding, key=key, claims=claims, prompt=prompt,
-                                             interactive=interactive, rejected=rejected)
-        return binding.key, lambda: self._obtain(binding, key=binding.key, force=force,
-                                                 interactive=interactive, prompt=prompt)
+    def get(self, binding: Binding, need: Need = PLAIN, *, prompt: Prompt = None) -> CachedToken:
+        """A token for ``binding`` as ``need`` says (by default: a valid one, from the cache
+        when it can). A person is asked to sign in only if ``need.interactive``; otherwise
+        :class:`~authlayer.errors.TokenError` says that one must."""
+        served, key, discard = self._prepare(binding, need)
+        if served is not None:
+            return served
+        entry = self._flights.run(
+            _flight_key(key), lambda: run_sync(self._lead(binding, key, need, prompt, discard)),
+            **self._flight(key, need))
+        return self._fetched(key, entry) if POLICY[need.want].refusals else entry
 
-    def get(self, binding: Binding, *, force: bool = False, claims: Optional[str] = None,
-            prompt: Prompt = None, interactive: bool = True,
-            _rejected: bool = False) -> CachedToken:
-        """A valid token for ``binding`` (for ``claims``, when given), from the cache when it
-        can. ``force`` skips the cache; ``interactive`` false: never ask a person to sign in
-        (raise :class:`~authlayer.errors.TokenError` instead)."""
-        key, make = self._plan(binding, force, claims, prompt, interactive, _rejected)
-        if not force:
-            entry = self._serve(binding, key, claims)
-            if entry is not None:
-                return entry
-        return self._run(key, lambda: self._recheck(key, force, make), wait=force,
-                         need="forced" if force else "plain")
-
-    async def get_async(self, binding: Binding, *, force: bool = False,
-                        claims: Optional[str] = None, prompt: Prompt = None,
-                        interactive: bool = True, _rejected: bool = False) -> CachedToken:
+    async def get_async(self, binding: Binding, need: Need = PLAIN, *,
+                        prompt: Prompt = None) -> CachedToken:
         """:meth:`get` for async code: never blocks the event loop."""
-        key, make = self._plan(binding, force, claims, prompt, interactive, _rejected)
-        if not force:
-            entry = self._serve(binding, key, claims)
-            if entry is not None:
-                return entry
-        return await self._run_async(key, lambda: self._recheck(key, force, make), wait=force,
-                                     need="forced" if force else "plain")
+        served, key, discard = self._prepare(binding, need)
+        if served is not None:
+            return served
+        entry = await self._flights.run_async(
+            _flight_key(key), lambda: run_async(self._lead(binding, key, need, prompt, discard)),
+            **self._flight(key, need))
+        return self._fetched(key, entry) if POLICY[need.want].refusals else entry
 
-    def _serve(self, binding: Binding, key: str, claims: Optional[str]) -> Optional[CachedToken]:
+    def _prepare(self, binding: Binding, need: Need,
+                 ) -> tuple[Optional[CachedToken], TokenKey, bool]:
+        """What needs no flight: ``(entry to serve now or None, the token's key, whether the
+        stored token is discarded first)``. After a 401: the token to send during a cooldown,
+        or the one that already replaced the rejected one; else a cached entry."""
+        policy = POLICY[need.want]
+        discard = False
+        if need.rejected is not None:
+            if policy.cooldown:
+                held = self._cooling(binding, need.rejected)
+                if held is not None:
+                    return held, binding.key, False
+            replaced = self.forget(binding, Forget.TOKEN, token=need.rejected)
+            if replaced is not None and need.claims is None:
+                return replaced, binding.key, False
+            discard = replaced is None  # the challenged token is dropped from the store too
+        key = binding.key if need.claims is None else self.claims_key(binding, need.claims)
+        if policy.cached:
+            entry = self._serve(binding, key, need)
+            if entry is not None:
+                return entry, key, False
+        return None, key, discard
+
+    def _serve(self, binding: Binding, key: TokenKey, need: Need) -> Optional[CachedToken]:
         """The entry under ``key`` if it may be served now: fresh, or due for refresh but
         still valid — then the refresh runs in the background (never asking a person) and
         this caller goes on."""
@@ -575,73 +744,29 @@ class Provider:
             return entry
         if now >= entry.token.expires_on - MIN_VALIDITY:
             return None
-        self._refresh_in_background(key, lambda: self._obtain(
-            binding, key=key, claims=claims, interactive=False))
+        self._refresh_in_background(binding, key, Need(need.want, need.claims, interactive=False))
         return entry
 
-    def _refresh_in_background(self, key: str,
-                               make: Callable[[], Generator[Action, Any, CachedToken]]) -> None:
+    def _refresh_in_background(self, binding: Binding, key: TokenKey, need: Need) -> None:
         """Lead ``key``'s single flight from a daemon thread, unless a flight is under way.
         A thread serves sync and async callers alike and outlives no event loop."""
         def lead() -> CachedToken:
             try:
-                return run_sync(self._recheck(key, False, make))
+                return run_sync(self._lead(binding, key, need, None))
             except BaseException as exc:  # the fallback already logged a refusal
                 if not isinstance(exc, AuthLayerError):
                     log.warning("refreshing a token in the background failed: %s",
                                 type(exc).__name__)
                 raise
 
-        self._flights.spawn(_flight_key(key), lead, tag=("plain", key),
+        self._flights.spawn(_flight_key(key), lead, tag=(need.want, key),
                             name="authlayer-refresh")
 
     def join_background(self, timeout: Optional[float] = None) -> None:
         """Wait for the background refreshes under way (tests, a clean shutdown)."""
         self._flights.join_background(timeout)
 
-    def _recheck(self, key: str, force: bool,
-                 make: Callable[[], Generator[Action, Any, CachedToken]],
-                 ) -> Generator[Action, Any, CachedToken]:
-        """The leader's flow: first look again — a flight that just landed may have done the
-        work."""
-        if not force:
-            entry = self._fresh(key)
-            if entry is not None:
-                return entry
-        return (yield from make())
-
-    def after_rejection(self, binding: Binding, rejected: CachedToken, *,
-                        claims: Optional[str] = None, prompt: Prompt = None) -> CachedToken:
-        """A new token after ``rejected`` got a 401 (for ``claims``, when the 401 was a claims
-        challenge). However many requests saw that 401, the identity service is asked once;
-        and when the API keeps refusing new tokens, not at all during a cooldown (the request
-        is sent again with the current token)."""
-        held = self._cooling(binding, rejected)
-        if held is not None:
-            return held
-        replaced = self._drop(binding, rejected)
-        if claims:  # the challenged token is dropped from the store too
-            return self.get(binding, claims=claims, prompt=prompt, _rejected=replaced is None)
-        if replaced is not None:
-            return replaced
-        return self._fetched(binding.key, self._run(
-            binding.key, lambda: self._after_drop(binding, rejected, prompt), exclude=rejected))
-
-    async def after_rejection_async(self, binding: Binding, rejected: CachedToken, *,
-                                    claims: Optional[str] = None,
-                                    prompt: Prompt = None) -> CachedToken:
-        """:meth:`after_rejection` for async code."""
-        held = self._cooling(binding, rejected)
-        if held is not None:
-            return held
-        replaced = self._drop(binding, rejected)
-        if claims:
-            return await self.get_async(binding, claims=claims, prompt=prompt,
-                                        _rejected=replaced is None)
-        if replaced is not None:
-            return replaced
-        return self._fetched(binding.key, await self._run_async(
-            binding.key, lambda: self._after_drop(binding, rejected, prompt), exclude=rejected))
+    # ------------------------------------------------------------------ after a 401
 
     def _cooling(self, binding: Binding, rejected: CachedToken) -> Optional[CachedToken]:
         """The token to send again without asking the identity service, when the API refuses
@@ -661,7 +786,7 @@ class Provider:
         current = self._usable(binding.key)
         return current if current is not None else rejected
 
-    def _cool(self, key: str, state: _Refusal, now: float, what: str) -> None:
+    def _cool(self, key: TokenKey, state: _Refusal, now: float, what: str) -> None:
         """Start the next cooldown for ``key`` (under the guard)."""
         first = state.delay == 0
         state.delay = min(COOLDOWN_MAX, state.delay * 2 if state.delay else COOLDOWN_FIRST)
@@ -674,7 +799,7 @@ class Provider:
         else:
             log.debug("%s: tokens still refused; no new token for %g s", what, state.delay)
 
-    def _fetched(self, key: str, entry: CachedToken) -> CachedToken:
+    def _fetched(self, key: TokenKey, entry: CachedToken) -> CachedToken:
         """Remember that ``entry`` was fetched because its predecessor got a 401."""
         now = self.clock()
         with self._guard:
@@ -685,72 +810,71 @@ class Provider:
                 state.token, state.fetched_at = entry.token.token, now
         return entry
 
-    def _after_drop(self, binding: Binding, rejected: CachedToken,
-                    prompt: Prompt) -> Generator[Action, Any, CachedToken]:
-        replaced = self._usable(binding.key, exclude=rejected)
-        if replaced is not None:  # a flight that just landed brought a new one
-            return replaced
-        return (yield from self._obtain(binding, key=binding.key, force=True, rejected=True,
-                                        prompt=prompt))
+    def claims_key(self, binding: Binding, claims: str) -> TokenKey:
+        """Where a token for this claims request is kept: never the plain key."""
+        return binding.key._replace(claims=_digest(claims))
 
-    def _drop(self, binding: Binding, rejected: CachedToken) -> Optional[CachedToken]:
-        """Forget ``rejected``; return the entry that already replaced it, if any."""
-        replaced = self._usable(binding.key, exclude=rejected)
-        if replaced is not None:
-            return replaced
-        self._rejected[binding.key] = rejected.token.token  # not to be reloaded from the store
-        current = self.entries.get(binding.key)
-        if current is not None and current.token.token == rejected.token.token:
-            self.entries.pop(binding.key, None)
+    # ------------------------------------------------------------------ forgetting
+
+    def forget(self, binding: Binding, what: Forget = Forget.SIGN_OUT, *,
+               claims: Optional[str] = None,
+               token: Optional[CachedToken] = None) -> Optional[CachedToken]:
+        """Forget ``what`` of ``binding``:
+
+        * ``Forget.TOKEN``: its token (for ``claims``, when given) — if it is still ``token``,
+          when given; that token is remembered as refused (never reloaded from the store).
+          Returns the entry that already replaced ``token``, if any (then nothing is
+          forgotten). A claims token forgotten this way was refused in turn: the plain token
+          cools down, so that the next requests do not each fetch two new tokens.
+        * ``Forget.SIGN_IN``: every token of its sign-in (all scopes, claims tokens too), in
+          memory.
+        * ``Forget.SIGN_OUT``: the same, and the sign-in's records in its store (``authlayer
+          logout``).
+
+        :meth:`reset` forgets everything.
+        """
+        if what is Forget.TOKEN:
+            return self._forget_token(binding, claims, token)
+        account = binding.key.account
+        for key in [k for k in list(self.entries)
+                    if isinstance(k, TokenKey) and k.account == account]:
+            self._pop(key)
+        if what is Forget.SIGN_OUT:
+            self.store_for(binding.profile).delete(binding.store_key, binding.store_account_key)
         return None
 
-    def claims_key(self, binding: Binding, claims: str) -> str:
-        """Where a token for this claims request is kept: never the plain key."""
-        return f"{binding.key}|claims:{_digest(claims)}"
-
-    def discard(self, key: str, entry: CachedToken) -> None:
-        """Forget ``entry`` under ``key`` if it is still there (a claims token that was
-        refused in turn)."""
+    def _forget_token(self, binding: Binding, claims: Optional[str],
+                      token: Optional[CachedToken]) -> Optional[CachedToken]:
+        key = binding.key if claims is None else self.claims_key(binding, claims)
+        if token is not None:
+            replaced = self._usable(key, exclude=token)
+            if replaced is not None:
+                return replaced
         current = self.entries.get(key)
-        if current is not None and current.token.token == entry.token.token:
-            self.entries.pop(key, None)
-            self._rejected[key] = entry.token.token
-            # A token fetched for a claims challenge was refused in turn: the plain key cools
-            # down, so that the next requests do not each fetch two new tokens.
-            plain = key.split("|claims:", 1)[0]
+        if current is not None and (token is None or current.token.token == token.token.token):
+            self._pop(key)
+        else:
+            current = None
+        refused = token or current
+        if refused is not None:
+            self._rejected[key] = refused.token.token  # not to be reloaded from the store
+        if claims is not None and current is not None:
             now = self.clock()
             with self._guard:
-                state = self._refusals.setdefault(plain, _Refusal(None, now))
+                state = self._refusals.setdefault(binding.key, _Refusal(None, now))
                 if now >= state.until:
-                    self._cool(plain, state, now, "a claims challenge")
-
-    def drop_plain(self, binding: Binding) -> None:
-        """Forget the binding's plain token (an Azure SDK answered a claims challenge, which
-        means the plain token was refused)."""
-        current = self.entries.pop(binding.key, None)
-        if current is not None:
-            self._rejected[binding.key] = current.token.token
-
-    def login(self, binding: Binding, *, prompt: Prompt = None) -> CachedToken:
-        """Sign in anew (``authlayer login``): the kept sign-in is replaced only when the new
-        one succeeds."""
-        return self._run(binding.key, lambda: self._obtain(
-            binding, key=binding.key, force=True, fresh_sign_in=True, prompt=prompt),
-            need="login")
+                    self._cool(binding.key, state, now, "a claims challenge")
+        return None
 
     # ------------------------------------------------------------------ housekeeping
-
-    def forget(self, binding: Binding) -> None:
-        """Drop every token of the binding's sign-in, from memory and from its store
-        (``authlayer logout``)."""
-        self._drop_account(binding)
-        self.store_for(binding.profile).delete(binding.key, binding.account_key)
 
     def reset(self) -> None:
         """Forget every token, binding and in-memory record (see :func:`reset`)."""
         self.join_background(timeout=30)  # a refresh landing later must not refill the cache
         with self._guard:
             self.entries.clear()
+            for slot in list(self._slots.values()):  # bindings kept by callers (EntraAuth)
+                slot.entry = None
             self._rejected.clear()
             self._refusals.clear()
             self._bindings.clear()
@@ -760,34 +884,21 @@ class Provider:
             self.recheck_at = 0.0
 
 
-def _flight_key(key: str) -> str:
+def _flight_key(key: TokenKey) -> Hashable:
     """The single-flight key of a token key: the token key itself, or, for flows that may ask
-    a person, the sign-in (the account key) — never a claims key's own."""
-    flow = key.split("|", 1)[0]
-    # Flows that may ask a person: one acquisition per sign-in, whatever the scopes.
-    if registry.flow(flow).may_prompt and "|claims:" not in key:
-        return "signin|" + key.rsplit("|", 1)[0]
+    a person, the sign-in (one acquisition per sign-in, whatever the scopes) — never for a
+    claims key."""
+    if key.claims is None and registry.flow(key.account.flow).may_prompt:
+        return ("signin", key.account)
     return key
 
 
-def _taker(need: str, exclude: Optional[CachedToken],
-           ) -> Callable[[tuple[str, str], CachedToken], bool]:
-    """Whether a follower that needs ``need`` takes a leader's token: a forced refresh or a
-    login does not take less than it asked for, a retry after a 401 not the rejected token."""
-    def takes(tag: tuple[str, str], shared: CachedToken) -> bool:
-        kind = tag[0]
-        if not (need == "plain" or kind == "login" or kind == need):
-            return False
-        return exclude is None or shared.token.token != exclude.token.token
-
-    return takes
-
-
-def _replace_or_save(store: TokenStore, binding: Binding, key: str, record: dict[str, Any],
-                     replace: bool) -> None:
+def _replace_or_save(store: TokenStore, binding: Binding, key: TokenKey,
+                     record: dict[str, Any], replace: bool) -> None:
+    account = binding.store_account_key
     if replace:
-        store.forget_account_tokens(binding.account_key)
-    store.save(key, binding.account_key, record)
+        store.forget_account_tokens(account)
+    store.save(store_key(key), account, record)
 
 
 def _entry_from_record(
@@ -843,8 +954,8 @@ def get_token(
     ``force_refresh`` skips the cache; ``prompt`` shows sign-in instructions (default: standard
     error). Raises :class:`~authlayer.ConfigError` or :class:`~authlayer.TokenError`.
     """
-    # The hot path: one dict read keyed by the call's own arguments (what _args builds), one
-    # dict read of the entry, one look at the clock.
+    # The hot path: one dict read keyed by the call's own arguments (what _args builds), the
+    # binding's slot (no key to hash), one look at the clock.
     provider = PROVIDER
     if profile is None or config is None:
         args: tuple[Any, ...] = (profile, config, scope, tenant, user_assertion,
@@ -857,7 +968,7 @@ def get_token(
     except TypeError:  # a list of scopes: the slow path makes it a tuple
         binding = None
     if binding is not None and not force_refresh:
-        entry = provider.entries.get(binding.key)
+        entry = binding.slot.entry
         if entry is not None:
             now = provider.clock()
             if now < entry.refresh_on and now < provider.recheck_at:
@@ -865,7 +976,7 @@ def get_token(
     provider.check_files()
     binding = provider.bind(profile, config=config, scope=scope, tenant=tenant,
                             user_assertion=user_assertion)
-    return provider.get(binding, force=force_refresh, prompt=prompt).token
+    return provider.get(binding, FORCED if force_refresh else PLAIN, prompt=prompt).token
 
 
 async def get_token_async(
@@ -887,4 +998,5 @@ async def get_token_async(
     provider.check_files()
     binding = await provider.bind_async(profile, config=config, scope=scope, tenant=tenant,
                                         user_assertion=user_assertion)
-    return (await provider.get_async(binding, force=force_refresh, prompt=prompt)).token
+    return (await provider.get_async(binding, FORCED if force_refresh else PLAIN,
+                                     prompt=prompt)).token

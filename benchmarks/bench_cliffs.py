@@ -50,7 +50,7 @@ def prefill(cfg: Path, tenants: list[str], token: str) -> None:
     for i, tenant in enumerate(tenants):
         binding = PROVIDER.bind("bench", config=cfg, tenant=tenant)
         result = TokenResult(f"{token}.{i}", now + 3600, now + 3300)
-        PROVIDER.entries[binding.key] = CachedToken.from_result(result)
+        PROVIDER._keep(binding.key, CachedToken.from_result(result))
 
 
 def cycle_cost(cfg: Path, tenants: list[str], calls: int) -> float:

@@ -612,7 +612,8 @@ def test_a_console_browser_is_started_only_on_a_terminal(
 
 def _kept(profile: str) -> dict[str, Any]:
     binding = PROVIDER.bind(profile)
-    record = PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key)
+    record = PROVIDER.store_for(binding.profile).load(binding.store_key,
+                                                          binding.store_account_key)
     assert record is not None
     assert record["refresh_token"]
     return record

@@ -23,7 +23,7 @@ from authlayer.emulator import Emulator
 from authlayer.emulator.device import DEVICE_CODE_GRANT, DeviceCodes, device_codes
 from authlayer.emulator.users import revoke_refresh_tokens
 from authlayer.flows import FlowContext, _person, device_code
-from authlayer.provider import PROVIDER
+from authlayer.provider import FORCED, PLAIN, PROVIDER
 
 from .conftest import Client, Profiles
 from .signin_helpers import Approver, approve_in_background, new_person, write_profile
@@ -102,8 +102,9 @@ def test_the_account_and_refresh_token_are_kept_but_not_in_the_cache_key(
         emu: Emulator, device: DeviceCodes, person: str, me: str) -> None:
     token = get_token(me, prompt=Approver(emu, person))
     binding = PROVIDER.bind(me)
-    assert "offline_access" not in binding.key
-    record = PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key)
+    assert "offline_access" not in binding.store_key
+    record = PROVIDER.store_for(binding.profile).load(binding.store_key,
+                                                          binding.store_account_key)
     assert record is not None
     claims = jwt.decode(token.token)[1]
     assert record["account"] == {"home_account_id": f"{claims['oid']}.{claims['tid']}",
@@ -373,7 +374,7 @@ def test_a_refused_refresh_token_means_signing_in_again(emu: Emulator, device: D
     revoke_refresh_tokens(emu, username=person)
     binding = PROVIDER.bind(me)
     with pytest.raises(TokenError) as info:
-        PROVIDER.get(binding, force=True, interactive=False)
+        PROVIDER.get(binding, FORCED.but(interactive=False))
     assert info.value.error_codes == (50173,)
     assert "sign in again" in str(info.value)
     approver = Approver(emu, person)
@@ -386,7 +387,8 @@ def test_a_fresh_sign_in_ignores_the_kept_refresh_token(emu: Emulator, device: D
                                                         person: str, me: str) -> None:
     get_token(me, prompt=Approver(emu, person))
     binding = PROVIDER.bind(me)
-    record = PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key)
+    record = PROVIDER.store_for(binding.profile).load(binding.store_key,
+                                                          binding.store_account_key)
     assert record is not None
     assert record["refresh_token"]
     someone_else = new_person(emu)
@@ -404,7 +406,7 @@ def test_a_fresh_sign_in_ignores_the_kept_refresh_token(emu: Emulator, device: D
 def test_no_sign_in_when_no_person_may_be_asked(emu: Emulator, device: DeviceCodes,
                                                 me: str) -> None:
     with pytest.raises(TokenError) as info:
-        PROVIDER.get(PROVIDER.bind(me), interactive=False)
+        PROVIDER.get(PROVIDER.bind(me), PLAIN.but(interactive=False))
     assert info.value.error == "interaction_required"
     assert "authlayer login me" in str(info.value)
     assert emu.count("any") == 0

@@ -20,7 +20,7 @@ from authlayer import jwt as jwtlib
 from authlayer.emulator import Emulator, Response
 from authlayer.emulator.device import device_codes
 from authlayer.emulator.users import mint_refresh_token
-from authlayer.provider import PROVIDER, SWEEP_ABOVE, CachedToken
+from authlayer.provider import LOGIN, PROVIDER, SWEEP_ABOVE, CachedToken
 from authlayer.token import AccessToken
 
 from .conftest import Clock, Profiles
@@ -224,7 +224,7 @@ def test_a_failed_login_keeps_the_previous_sign_in(emu: Emulator, profiles: Prof
     first = get_token("me", prompt=Approver(emu, person))
     binding = PROVIDER.bind("me")
     with pytest.raises(TokenError):
-        PROVIDER.login(binding, prompt=Approver(emu, person, action="decline"))
+        PROVIDER.get(binding, LOGIN, prompt=Approver(emu, person, action="decline"))
     PROVIDER.reset()  # a new process: the kept sign-in is still there
     assert get_token("me", prompt=Approver(emu, person, action="nothing")) == first
 
@@ -239,7 +239,7 @@ def test_login_as_someone_else_replaces_every_token_of_the_sign_in(emu: Emulator
     graph = get_token("me", scope="https://graph.microsoft.com/.default",
                       prompt=Approver(emu, alice))
     assert jwtlib.decode(graph.token)[1]["preferred_username"] == alice
-    PROVIDER.login(PROVIDER.bind("me"), prompt=Approver(emu, bob))
+    PROVIDER.get(PROVIDER.bind("me"), LOGIN, prompt=Approver(emu, bob))
     PROVIDER.reset()
     again = get_token("me", scope="https://graph.microsoft.com/.default",
                       prompt=Approver(emu, bob))
@@ -277,9 +277,9 @@ def test_a_cache_that_cannot_be_written_keeps_the_token_in_memory(
 def test_expired_entries_are_swept_when_the_cache_grows(emu: Emulator, cc_profile: str) -> None:
     old = CachedToken(AccessToken("x", 1), 0, "Bearer x")
     for i in range(SWEEP_ABOVE + 5):
-        PROVIDER.entries[f"stale-{i}"] = old
+        PROVIDER.entries[f"stale-{i}"] = old  # type: ignore[index]
     get_token(cc_profile)
-    assert not any(k.startswith("stale-") for k in PROVIDER.entries)
+    assert not any(isinstance(k, str) and k.startswith("stale-") for k in PROVIDER.entries)
 
 
 # ------------------------------------------------------------------ second review
@@ -430,7 +430,7 @@ def test_a_profile_name_with_the_separator_does_not_share_keys(profiles: Profile
 
     me = Binding.make(load_profile("me"))
     other = Binding.make(load_profile("me|x"))
-    assert not other.key.startswith(me.account_key + "|")
+    assert not other.store_key.startswith(me.store_account_key + "|")
 
 
 def test_an_unusable_cache_still_keeps_the_sign_in_in_memory(

@@ -31,7 +31,7 @@ from authlayer.flows import FlowContext, device_code
 from authlayer.flows import password as password_flow
 from authlayer.flows import refresh_token as refresh_token_flow
 from authlayer.flows.password import PasswordFlowWarning
-from authlayer.provider import PROVIDER
+from authlayer.provider import FORCED, PROVIDER
 
 from .conftest import Client, Profiles, leaked
 from .signin_helpers import Approver, TestBrowser, new_person, write_profile
@@ -85,7 +85,8 @@ def test_the_rotated_refresh_token_is_kept_and_used_next(emu: Emulator,
 
 def _kept_refresh_token(profile: str) -> str:
     binding = PROVIDER.bind(profile)
-    record = PROVIDER.store_for(binding.profile).load(binding.key, binding.account_key)
+    record = PROVIDER.store_for(binding.profile).load(binding.store_key,
+                                                          binding.store_account_key)
     assert record is not None
     return str(record["refresh_token"])
 
@@ -321,7 +322,7 @@ client_secret = {{ env = "MID_SECRET" }}
         revoke_refresh_tokens(emu, username=person)
         for attempt in (
             lambda: get_token("rt", force_refresh=True),
-            lambda: PROVIDER.get(PROVIDER.bind("dc"), force=True, interactive=False),
+            lambda: PROVIDER.get(PROVIDER.bind("dc"), FORCED.but(interactive=False)),
             lambda: get_token("pw", force_refresh=True),
             lambda: get_token("mid", user_assertion=issue_user_token(
                 emu, username=person, audience="api://x")),
