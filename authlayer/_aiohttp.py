@@ -21,7 +21,7 @@ from aiohttp.payload import BytesPayload, IOBasePayload, Payload
 from yarl import URL
 
 from .auth import _no_token, _require_hosts, claims_from_challenge
-from .provider import PROVIDER, Binding
+from .provider import PROVIDER, Binding, Forget, after_401
 
 if TYPE_CHECKING:
     from aiohttp import ClientRequest, ClientResponse
@@ -125,7 +125,7 @@ async def middleware(auth: EntraAuth, request: ClientRequest,
         if response.status in _REDIRECTS:
             _note_redirect(request, response, carried=False)
         return response
-    entry = PROVIDER.entries.get(binding.key)
+    entry = binding.slot.entry
     if entry is None or PROVIDER.clock() >= entry.refresh_on:
         entry = await PROVIDER.get_async(binding, prompt=auth._prompt)
     request.headers["Authorization"] = entry.header
@@ -138,12 +138,11 @@ async def middleware(auth: EntraAuth, request: ClientRequest,
     # Not read: a short 401 body has arrived with the headers and the connection is reused;
     # a long one is not waited for (aiohttp closes that connection instead).
     response.release()
-    entry = await PROVIDER.after_rejection_async(binding, entry, claims=claims,
-                                                 prompt=auth._prompt)
+    entry = await PROVIDER.get_async(binding, after_401(entry, claims), prompt=auth._prompt)
     request.headers["Authorization"] = entry.header
     response = await handler(request)
     if claims and response.status == 401:  # the claims token was refused in turn
-        PROVIDER.discard(PROVIDER.claims_key(binding, claims), entry)
+        PROVIDER.forget(binding, Forget.TOKEN, claims=claims, token=entry)
     if response.status in _REDIRECTS:
         _note_redirect(request, response, carried=True)
     return response

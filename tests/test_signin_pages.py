@@ -104,6 +104,14 @@ class Page:
         return str(self.tab.evaluate(
             "document.activeElement.id || document.activeElement.textContent"))
 
+    def autofocused(self, field: str) -> str:
+        """The focused element once the page's autofocus has been applied to ``field`` (which
+        the browser may do after the load event when it is busy): what a person sees when they
+        start typing. Fails if it never is."""
+        self.tab.wait_for_function(f"document.activeElement && document.activeElement.id === "
+                                   f"{field!r}")
+        return self.focused()
+
     def text(self) -> str:
         return str(self.tab.inner_text("main"))
 
@@ -220,7 +228,7 @@ def test_authlayer_login_with_a_device_code_is_completed_in_the_browser(
             url, code = told.group(1), told.group(2)
             page.tab.goto(url)
             page.shot("device-1-enter-code")
-            assert page.focused() == "code"  # the person can type at once
+            assert page.autofocused("code") == "code"  # the person can type at once
             assert page.tab.get_by_label("Code").is_visible()
             page.tab.keyboard.type(code.lower())  # any case will do
             page.submit_with_enter()
@@ -229,7 +237,7 @@ def test_authlayer_login_with_a_device_code_is_completed_in_the_browser(
             assert "alice@contoso.onmicrosoft.com" in page.text()
             assert page.tab.get_by_label("Sign in as").input_value() == \
                 "alice@contoso.onmicrosoft.com"
-            assert page.focused() == "account"
+            assert page.autofocused("account") == "account"
             page.tab.keyboard.press("Tab")
             assert page.focused() == "Approve"
             page.tab.keyboard.press("Tab")
@@ -286,6 +294,7 @@ def test_declining_on_the_page_fails_the_login(page: Page, emu: Emulator,
     try:
         told = login.wait_for(r"open the page (\S+) and enter the code (\S+) ")
         page.tab.goto(told.group(1))
+        page.autofocused("code")
         page.tab.keyboard.type(told.group(2))
         page.submit_with_enter()
         with page.tab.expect_navigation():
@@ -302,12 +311,13 @@ def test_declining_on_the_page_fails_the_login(page: Page, emu: Emulator,
 
 def test_a_wrong_code_is_shown_again_with_what_is_wrong(page: Page, emu: Emulator) -> None:
     page.tab.goto(f"{emu.url}/devicelogin")
+    page.autofocused("code")
     page.tab.keyboard.type("WRONG2345")
     page.submit_with_enter()
     page.shot("device-5-wrong-code")
     assert "That code is not right" in page.text()
     assert page.tab.get_by_label("Code").input_value() == "WRONG2345"
-    assert page.focused() == "code"
+    assert page.autofocused("code") == "code"
 
 
 # --------------------------------------------------------------------------- browser sign-in
@@ -357,7 +367,7 @@ def test_a_browser_sign_in_goes_through_the_authorize_page(
         assert "Sign in to" in text
         assert emu.api_url in text  # what the app asks for
         assert page.tab.locator(f'#people option[value="{someone}"]').count() == 1
-        assert page.focused() == "account"
+        assert page.autofocused("account") == "account"
         page.tab.keyboard.press("Control+A")
         page.tab.keyboard.type("bob@contoso.onmicrosoft.com")
         page.submit_with_enter()  # back to authlayer's own page on localhost
