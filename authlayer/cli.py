@@ -733,10 +733,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run()
 
 
+def _init_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``authlayer init``."""
+    p.add_argument("name", metavar="NAME", help="the new profile's name")
+    arg = p.add_argument("--flow", help="how the token is obtained (client_credentials, "
+                         "device_code, managed_identity, ...)")
+    setattr(arg, "completer", _complete_flows)  # noqa: B010 - argcomplete reads it
+    p.add_argument("--tenant", help="tenant GUID or domain")
+    p.add_argument("--client-id", help="the application (client) id")
+    p.add_argument("--scope", action="append", help="scope (repeat for several)")
+    p.add_argument("--authority", help="the identity service's base URL")
+    p.add_argument("--secret-env", metavar="NAME",
+                   help="client secret from this environment variable")
+    p.add_argument("--secret-file", metavar="PATH", help="client secret from this file")
+    p.add_argument("--secret-command", metavar="CMD",
+                   help="client secret printed by this command (split like a shell would)")
+    p.add_argument("--certificate", metavar="PATH",
+                   help="certificate file (PEM with its key, or PKCS#12)")
+    p.add_argument("--allowed-host", action="append", metavar="HOST",
+                   help="a host the token may be sent to (repeat for several)")
+    p.add_argument("--cache", choices=("memory", "file"), help="where tokens are kept")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other key; VALUE is a TOML value or else a string")
+
+
 _VERBOSE_HELP = "show authlayer's log (DEBUG) on standard error; secrets are never shown"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``command``, only that command's own options are
+    added (all commands are listed either way)."""
     verbose = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: after the command, --verbose must not reset what was given before it.
     verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -788,26 +814,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Add a commented profile to the profiles file (created 0600, in a folder "
         "created 0700, if there is none). On a terminal, asks for what the options leave out. "
         "Never overwrites a profile. Secrets are never written: name where they come from.")
-    p.add_argument("name", metavar="NAME", help="the new profile's name")
-    arg = p.add_argument("--flow", help="how the token is obtained (client_credentials, "
-                         "device_code, managed_identity, ...)")
-    setattr(arg, "completer", _complete_flows)  # noqa: B010 - argcomplete reads it
-    p.add_argument("--tenant", help="tenant GUID or domain")
-    p.add_argument("--client-id", help="the application (client) id")
-    p.add_argument("--scope", action="append", help="scope (repeat for several)")
-    p.add_argument("--authority", help="the identity service's base URL")
-    p.add_argument("--secret-env", metavar="NAME",
-                   help="client secret from this environment variable")
-    p.add_argument("--secret-file", metavar="PATH", help="client secret from this file")
-    p.add_argument("--secret-command", metavar="CMD",
-                   help="client secret printed by this command (split like a shell would)")
-    p.add_argument("--certificate", metavar="PATH",
-                   help="certificate file (PEM with its key, or PKCS#12)")
-    p.add_argument("--allowed-host", action="append", metavar="HOST",
-                   help="a host the token may be sent to (repeat for several)")
-    p.add_argument("--cache", choices=("memory", "file"), help="where tokens are kept")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any other key; VALUE is a TOML value or else a string")
+    if command in (None, "init"):  # its many options cost start-up time of every other command
+        _init_arguments(p)
     p.set_defaults(func=_cmd_init)
     p = sub.add_parser(
         "completion", parents=[verbose], help="print shell code for tab completion",
@@ -834,8 +842,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .emulator.cli import main as emulator_main
 
         return emulator_main(argv[1:])
-    parser = _parser()
-    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (authlayer completion)
+    completing = "_ARGCOMPLETE" in os.environ
+    parser = _parser(None if completing or not argv or argv[0].startswith("-") else argv[0])
+    if completing:  # the shell asks for completions (authlayer completion)
         return _complete(parser)
     args = parser.parse_args(argv)
     if args.verbose:
