@@ -26,7 +26,7 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -416,11 +416,7 @@ def _init_values(args: argparse.Namespace) -> dict[str, Any]:
     if len(sources) > 1:
         raise ConfigError("give at most one of --secret-env, --secret-file and --secret-command")
     for kind, ref in sources:
-        if kind == "command":
-            import shlex
-
-            ref = shlex.split(ref)
-        values["client_secret"] = {kind: ref}
+        values["client_secret"] = {kind: _split(ref) if kind == "command" else ref}
     if args.certificate:
         values["certificate"] = args.certificate
     if args.allowed_host:
@@ -431,6 +427,16 @@ def _init_values(args: argparse.Namespace) -> dict[str, Any]:
         key, value = _parse_set(item)
         values[key] = value
     return values
+
+
+def _split(command: str) -> list[str]:
+    """A command line split as a shell would (a ``command`` source runs without one)."""
+    import shlex
+
+    try:
+        return shlex.split(command)
+    except ValueError as exc:  # an unclosed quote
+        raise ConfigError(f"cannot read the command {command!r}: {exc}") from None
 
 
 def _ask(question: str, default: str = "") -> str:
@@ -497,9 +503,7 @@ def _ask_secret(key: str, kind: str = "") -> dict[str, Any]:
     if kind == "file":
         return {"file": _ask("file")}
     if kind == "command":
-        import shlex
-
-        return {"command": shlex.split(_ask("command"))}
+        return {"command": _split(_ask("command"))}
     raise ConfigError(f"init: {kind!r} is not a kind of secret source: say env, file or command")
 
 
@@ -710,10 +714,10 @@ def _stop_progress() -> None:
 _SECRETISH = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_.-]*|[A-Za-z0-9+_~.=-]{40,}")
 
 
-def _verbose() -> None:
+def _verbose() -> Callable[[], None]:
     """Send authlayer's log, from DEBUG up, to standard error: one printable line per record,
     anything shaped like a token or a secret redacted (authlayer never logs one; this is the
-    second line of defence)."""
+    second line of defence). Returns what puts the logger back as it was."""
     import logging
 
     class Scrubbed(logging.Formatter):
@@ -723,8 +727,15 @@ def _verbose() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(Scrubbed("authlayer: %(levelname)s: %(message)s"))
     logger = logging.getLogger("authlayer")
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    return restore
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -847,8 +858,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if completing:  # the shell asks for completions (authlayer completion)
         return _complete(parser)
     args = parser.parse_args(argv)
+    quiet: Optional[Callable[[], None]] = None
     if args.verbose:
-        _verbose()
+        quiet = _verbose()
     elif args.command in _WAITS:
         _show_progress()
     try:
@@ -875,6 +887,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_TOKEN
     finally:
         _stop_progress()
+        if quiet is not None:
+            quiet()
 
 
 def _complete(parser: argparse.ArgumentParser) -> int:

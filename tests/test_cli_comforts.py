@@ -267,6 +267,8 @@ def test_init_names_the_option_for_what_is_missing_and_writes_nothing(tmp_path: 
     (["--flow", "device_code", "--set", "novalue"], "--set 'novalue': write it as KEY=VALUE"),
     (["--flow", "client_credentials", "--secret-env", "A", "--secret-file", "b"],
      "give at most one of --secret-env, --secret-file and --secret-command"),
+    (["--flow", "client_credentials", "--secret-command", "pass show 'graph"],
+     "cannot read the command \"pass show 'graph\": No closing quotation"),
 ])
 def test_init_answers_bad_input_with_one_clear_line(argv: list[str], message: str,
                                                     tmp_path: Path) -> None:
@@ -385,6 +387,28 @@ def test_fish_completes_commands(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False,
                           env=dict(os.environ, PATH=path, HOME=str(tmp_path)))
     assert done.stdout.split()[:1] == ["token"], done.stderr
+
+
+def test_zsh_completes_commands_and_profile_names(app_profile: Any, tmp_path: Path) -> None:
+    zsh = shutil.which("zsh")
+    if zsh is None:
+        pytest.skip("zsh is not installed here")
+    app_profile("prod-graph")
+    # compsys needs an interactive shell: here its two helpers that the code calls are stood in
+    # for, and _describe prints the completions it is given.
+    script = ('autoload -U is-at-least; compdef() { :; }\n'
+              'eval "$(authlayer completion zsh)"\n'
+              '_describe() { print -rl -- ${(P)2} }\n'
+              'words=(${(z)1}); BUFFER="$1"; CURSOR=${#BUFFER}; _python_argcomplete\n')
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    shown = {}
+    for line in ("authlayer ch", "authlayer token pro"):
+        done = subprocess.run([zsh, "-f", "-c", script, "zsh", line], capture_output=True,
+                              text=True, timeout=60, check=False,
+                              env=dict(os.environ, PATH=path, HOME=str(tmp_path)))
+        assert done.returncode == 0, done.stderr
+        shown[line] = [word.split(":")[0] for word in done.stdout.split("\n") if word]
+    assert shown == {"authlayer ch": ["check"], "authlayer token pro": ["prod-graph"]}
 
 
 def test_completion_without_argcomplete_names_the_extra() -> None:
