@@ -152,9 +152,12 @@ class Send:
 
 @dataclass(frozen=True)
 class Sleep:
-    """Action: wait ``seconds`` (without blocking an event loop). Answered with ``None``."""
+    """Action: wait ``seconds`` (without blocking an event loop). Answered with ``None``.
+    ``why`` says what for, in words a person reads ("waiting for the sign-in"): the command
+    line shows it on a terminal while it waits (:data:`on_wait`)."""
 
     seconds: float
+    why: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,10 @@ class Call:
 
 Action = Union[Send, Sleep, Call]
 Flow = Generator[Action, Any, T]
+
+# Told of every wait before the drivers make it: the command line sets it to show progress on a
+# terminal (device-code polling, retries). Never set by the library itself.
+on_wait: Optional[Callable[[Sleep], None]] = None
 
 
 def call(fn: Callable[[], T]) -> Flow[T]:
@@ -245,7 +252,8 @@ def send(
             waited += delay
             log.info("%s to %s: %s; retrying in %.1f s", request.what, request.host,
                      result.reason, delay)
-            yield Sleep(delay)
+            yield Sleep(delay, f"{request.what} to {request.host}: {result.reason}; "
+                               f"retrying in {delay:.1f} s")
             continue
         if result.status not in request.retry_statuses or attempt >= request.max_attempts:
             return result  # type: ignore[no-any-return]
@@ -257,7 +265,8 @@ def send(
         waited += wait
         log.info("%s to %s: HTTP %d; retrying in %.1f s", request.what, request.host,
                  result.status, wait)
-        yield Sleep(wait)
+        yield Sleep(wait, f"{request.what} to {request.host}: HTTP {result.status}; "
+                          f"retrying in {wait:.1f} s")
 
 
 # --------------------------------------------------------------------------- drivers
@@ -554,6 +563,8 @@ def run_sync(flow: Flow[T]) -> T:
                                                                       req.via_proxy)
                     result: Any = _exchange_sync(client, req)
                 elif isinstance(action, Sleep):
+                    if on_wait is not None:
+                        on_wait(action)
                     time.sleep(action.seconds)
                     result = None
                 else:
@@ -594,6 +605,8 @@ async def run_async(flow: Flow[T]) -> T:
                             _new_client, httpx.AsyncClient, req.via_proxy, limiter=own_thread)
                     result: Any = await _exchange_async(client, req)
                 elif isinstance(action, Sleep):
+                    if on_wait is not None:
+                        on_wait(action)
                     await anyio.sleep(action.seconds)
                     result = None
                 else:

@@ -129,7 +129,9 @@ def sign_in(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
         # one; past the deadline (a slow answer), one more poll is made at once.
         last = remaining <= interval
         if remaining > 0:
-            yield Sleep(min(interval, remaining))
+            left = int(remaining)
+            why = f"waiting for the sign-in (the code expires in {left // 60}:{left % 60:02d})"
+            yield Sleep(min(interval, remaining), why)
         try:
             result = yield from exchange(ctx, form, what="device code token request",
                                          authenticate=False)
