@@ -42,7 +42,7 @@ from .errors import AuthLayerError
 from .flows import FlowContext, default_prompt
 from .hosts import HostPolicy
 from .profile import Profile
-from .store import MemoryStore, TokenStore
+from .store import MemoryStore, TokenStore, fleet_lock, lead_or_wait
 from .token import AccessToken, TokenResult
 
 __all__ = ["PROVIDER", "Binding", "CachedToken", "Provider", "get_token", "get_token_async",
@@ -66,6 +66,9 @@ MAX_BINDINGS = 100_000
 REFUSED_AGAIN_WITHIN = 60
 COOLDOWN_FIRST = 5
 COOLDOWN_MAX = 320
+# A process that leads the fleet for a token (a shared store's lock) and dies is taken over
+# this many seconds after the profile's timeout.
+FLEET_GRACE = 5.0
 # How often (seconds) the profiles files in use are looked at for changes.
 PROFILES_RECHECK = 1.0
 
@@ -354,6 +357,10 @@ class Provider:
             from .filecache import FileStore
 
             return FileStore.default()
+        if not isinstance(profile.cache, str):  # a shared store: Redis, a plugin's
+            from .stores import open_store
+
+            return open_store(profile.cache, profile)
         return self._memory_store
 
     # ------------------------------------------------------------------ the slow path, sans I/O
@@ -399,6 +406,16 @@ class Provider:
             if entry is not None:  # another process (or an earlier run) has a fresh one
                 self._keep(key, entry)
                 return entry
+        # Fleet hook (issue 9): with a store shared by processes, lead the fleet (this process
+        # asks; the lease is released once the token is saved) or take its leader's token.
+        lease: Optional[object] = None
+        if not (force or claims or fresh_sign_in) and fleet_lock(store) is not None:
+            lease, shared = yield Call(lambda: self._fleet(store, binding, profile))
+            shared_entry = _entry_from_record(shared, self.clock()) if shared else None
+            if lease is None and shared_entry is not None:
+                self._keep(key, shared_entry)
+                return shared_entry
+            record = shared or record
         from_memory = seen is not None
         if seen is None and record is not None and not (claims or rejected):
             seen = _entry_from_record(record, now, due=True)
@@ -417,7 +434,7 @@ class Provider:
         )
         found = record = None  # it holds tokens: keep them out of a failing flow's locals
         try:
-            result = yield from registry.flow(profile.flow).acquire(ctx)
+            result = yield from _leading(store, lease, registry.flow(profile.flow).acquire(ctx))
         except AuthLayerError as exc:
             fallback = None
             if seen is not None and still_valid and not (force or claims or fresh_sign_in):
@@ -446,8 +463,30 @@ class Provider:
                         "kept in memory only", profile.name, exc)
             _replace_or_save(self._memory_store, binding, key, saved, fresh_sign_in)
         self._keep(key, entry)
+        if lease is not None:  # the token is in the store: the fleet's waiters take it now
+            yield Call(lambda: _release(store, lease))
         log.debug("profile %r: new token, expires at %d", profile.name, result.expires_on)
         return entry
+
+    def _fleet(self, store: TokenStore, binding: Binding, profile: Profile,
+               ) -> tuple[Optional[object], Optional[dict[str, Any]]]:
+        """Lead the fleet for the binding's key or take its leader's token (blocking; see
+        :func:`authlayer.store.lead_or_wait`). A leader that died is taken over after the
+        profile's timeout and :data:`FLEET_GRACE` seconds. Never raises: an unusable store
+        lets this process fetch its own token."""
+        rejected = self._rejected.get(binding.key)
+
+        def usable(record: dict[str, Any]) -> bool:
+            return (record.get("access_token") != rejected
+                    and _entry_from_record(record, self.clock()) is not None)
+
+        try:
+            return lead_or_wait(store, binding.key, binding.account_key,
+                                ttl=profile.timeout + FLEET_GRACE, usable=usable)
+        except AuthLayerError as exc:
+            log.warning("profile %r: the token cache's fleet lock could not be used (%s); "
+                        "this process fetches its own token", profile.name, exc)
+            return None, None
 
     def _fallback(self, key: str, seen: CachedToken, from_memory: bool,
                   ) -> Optional[CachedToken]:
@@ -781,6 +820,29 @@ def _taker(need: str, exclude: Optional[CachedToken],
         return exclude is None or shared.token.token != exclude.token.token
 
     return takes
+
+
+def _leading(store: TokenStore, lease: Optional[object],
+             acquire: Generator[Action, Any, TokenResult],
+             ) -> Generator[Action, Any, TokenResult]:
+    """A flow's acquisition, giving the fleet lease back when it fails (on success it is given
+    back after the token is saved)."""
+    if lease is None:
+        return (yield from acquire)
+    try:
+        return (yield from acquire)
+    except AuthLayerError:
+        yield Call(lambda: _release(store, lease))
+        raise
+    except BaseException:  # cancelled, a bug: rare; a quick call (the lock would expire)
+        _release(store, lease)
+        raise
+
+
+def _release(store: TokenStore, lease: object) -> None:
+    lock = fleet_lock(store)
+    if lock is not None:
+        lock.release(lease)
 
 
 def _replace_or_save(store: TokenStore, binding: Binding, key: str, record: dict[str, Any],
