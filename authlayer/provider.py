@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -797,6 +798,9 @@ class Provider:
             self._memory_store = MemoryStore()
             self._sweep_above = SWEEP_ABOVE
             self.recheck_at = 0.0
+        stores = sys.modules.get("authlayer.stores")  # shared stores keep a copy in memory
+        if stores is not None:
+            stores.forget_stores()
 
 
 def _flight_key(key: str) -> str:

@@ -9,6 +9,7 @@ when a Redis store is first opened, on the slow path.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 import threading
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import AuthLayerError, ConfigError, redact
+from ..store import fleet_lock
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -24,8 +26,16 @@ if TYPE_CHECKING:
     from ..profile import Profile, SecretSource
     from ..store import TokenStore
 
-__all__ = ["BUILTIN_CACHES", "REDIS_SCHEMES", "STORE_GROUP", "StoreConfig", "open_store",
-           "parse_cache", "store_names"]
+__all__ = [
+    "BUILTIN_CACHES",
+    "REDIS_SCHEMES",
+    "STORE_GROUP",
+    "StoreConfig",
+    "forget_stores",
+    "open_store",
+    "parse_cache",
+    "store_names",
+]
 
 BUILTIN_CACHES = ("memory", "file")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -39,6 +49,7 @@ _URL_OPTIONS = frozenset({
     "ssl_keyfile", "ssl_min_version", "socket_timeout", "socket_connect_timeout",
     "max_connections", "protocol", "health_check_interval",
 })
+log = logging.getLogger("authlayer")
 _INSTALL = "pip install 'authlayer[redis]'"
 
 
@@ -223,12 +234,21 @@ def _store_entry_points() -> dict[str, EntryPoint]:
     return found
 
 
-def forget_plugins() -> None:
-    """Forget the listed entry points and the stores opened (tests)."""
+def forget_stores() -> None:
+    """Forget the listed entry points and the stores opened, with what they keep in memory
+    (:func:`authlayer.reset`); the stores themselves (Redis) keep their entries."""
     global _entry_points
     with _plugins_lock:
         _entry_points = None
+        opened = list(_stores.values())
         _stores.clear()
+    for store in opened:
+        close = getattr(store, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # a plugin's: nothing to do about it here
+                log.debug("closing a token store failed", exc_info=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,4 +306,61 @@ def _open(config: StoreConfig, profile: Profile) -> TokenStore:
     if missing:
         raise ConfigError(f"store {config.kind!r} is not a TokenStore: it has no "
                           f"{', '.join(missing)}", key="cache", **where)
-    return made  # type: ignore[no-any-return]  # checked just above
+    guarded = _GuardedFleet if fleet_lock(made) is not None else _Guarded
+    return guarded(config.kind, made)
+
+
+class _Guarded:
+    """A plugin's store, whose failures become :class:`AuthLayerError` (the provider then
+    warns and keeps the tokens in memory), with anything that looks like a secret removed."""
+
+    def __init__(self, name: str, store: Any) -> None:
+        self._name = name
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"<store {self._name!r}>"
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._store, method)(*args)
+        except AuthLayerError:
+            raise
+        except Exception as exc:
+            lines = str(exc).strip().splitlines()
+            text = redact(lines[0])[:200] if lines else ""
+            raise AuthLayerError(f"store {self._name!r} failed in {method}: "
+                                 f"{type(exc).__name__}" + (f": {text}" if text else "")
+                                 ) from None
+
+    def load(self, key: str, account_key: str) -> Optional[dict[str, Any]]:
+        found = self._call("load", key, account_key)
+        return found if isinstance(found, dict) else None
+
+    def save(self, key: str, account_key: str, record: dict[str, Any]) -> None:
+        self._call("save", key, account_key, record)
+
+    def discard(self, key: str) -> None:
+        self._call("discard", key)
+
+    def delete(self, key: str, account_key: str) -> None:
+        self._call("delete", key, account_key)
+
+    def forget_account_tokens(self, account_key: str) -> None:
+        self._call("forget_account_tokens", account_key)
+
+    def close(self) -> None:
+        if callable(getattr(self._store, "close", None)):
+            self._call("close")
+
+
+class _GuardedFleet(_Guarded):
+    def try_lead(self, key: str, ttl: float) -> Optional[object]:
+        return self._call("try_lead", key, ttl)  # type: ignore[no-any-return]
+
+    def release(self, lease: object) -> None:
+        try:
+            self._store.release(lease)
+        except Exception as exc:  # the lock expires by itself
+            log.debug("store %r could not release a fleet lock: %s", self._name,
+                      type(exc).__name__)

@@ -130,6 +130,10 @@ class RedisStore:
     def _shown_url(self) -> str:
         return self.url.split("?", 1)[0]
 
+    def close(self) -> None:
+        """Close the connections (the entries stay in Redis)."""
+        self._client.close()
+
     # ------------------------------------------------------------------ names and values
 
     def _name(self, kind: str, key: str) -> str:
