@@ -416,7 +416,9 @@ class Provider:
             if lease is None and shared_entry is not None:
                 self._keep(key, shared_entry)
                 return shared_entry
-            record = shared or record
+            if shared is not None:  # the newest record: its refresh token, not a rejected token
+                record = {k: v for k, v in shared.items() if k != "access_token"
+                          or v != self._rejected.get(binding.key)}
         from_memory = seen is not None
         if seen is None and record is not None and not (claims or rejected):
             seen = _entry_from_record(record, now, due=True)

@@ -160,22 +160,25 @@ def test_a_new_process_is_served_from_redis_without_a_token_request(
     assert emu.count("token") == 1
 
 
-def test_a_cached_call_does_not_touch_redis(fleet: str, server: RedisServer) -> None:
+def test_a_cached_call_does_not_touch_redis(fleet: str, server: RedisServer,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     first = get_token(fleet)
     server.stop()  # any Redis call would now fail, and warn
-    assert all(get_token(fleet) is first for _ in range(100))
+    with caplog.at_level(logging.DEBUG, logger="authlayer"):
+        assert all(get_token(fleet) is first for _ in range(100))
+    assert not [r for r in caplog.records if "Redis" in r.getMessage()]
 
 
 def test_a_leader_killed_mid_request_is_taken_over(
         profiles: Profiles, emu: Emulator, app: Any, server: RedisServer,
         monkeypatch: pytest.MonkeyPatch, secret: str, tmp_path: Path) -> None:
     name = write_profile(profiles, emu, app, json.dumps(server.url), monkeypatch, secret,
-                         timeout=2)
+                         timeout=2)  # the lock lasts 2 + FLEET_GRACE (5) seconds
+    go = tmp_path / "go"
+    followers = [Worker(name, "--threads", "4", "--go", str(go)) for _ in range(2)]
     emu.inject("latency", seconds=8)  # the leader's token request is held
     leader = Worker(name)
     wait_until(lambda: emu.count("token") == 1, "the leader's token request")
-    go = tmp_path / "go"
-    followers = [Worker(name, "--threads", "4", "--go", str(go)) for _ in range(2)]
     go.touch()
     time.sleep(0.3)  # the followers find the leader's lock and wait
     leader.process.send_signal(signal.SIGKILL)
@@ -186,10 +189,13 @@ def test_a_leader_killed_mid_request_is_taken_over(
     assert len(tokens) == 8
     assert len(set(tokens)) == 1
     assert emu.count("token") == 2  # the dead leader's, and one for everybody else
+    first, second = [r for r in emu.requests if r.endpoint == "token"]
+    # Nobody asked while the dead leader's lock lasted; then one follower took over.
+    assert second.time - first.time >= 2 + 5 - 1
 
 
 def test_refresh_ahead_is_fleet_wide(fleet: str, emu: Emulator, tmp_path: Path) -> None:
-    emu.refresh_in = 2  # the first token is due for refresh two seconds after it came
+    emu.refresh_in = 4  # the first token is due for refresh four seconds after it came
     go, then = tmp_path / "go", tmp_path / "then"
     workers = [Worker(fleet, "--threads", "2", "--go", str(go), "--then", str(then))
                for _ in range(3)]
@@ -197,7 +203,7 @@ def test_refresh_ahead_is_fleet_wide(fleet: str, emu: Emulator, tmp_path: Path) 
     first = tokens_of(workers)
     assert len(set(first)) == 1
     emu.refresh_in = None
-    time.sleep(2.2)
+    time.sleep(4.2)
     then.touch()  # each process sees its token due: one of them refreshes it for all
     second = tokens_of(workers)
     for worker in workers:
