@@ -303,7 +303,9 @@ def _cmd_login(args: argparse.Namespace) -> int:
     # Sign in anew (perhaps as someone else), even when a refresh token is kept; the kept
     # sign-in is replaced only if this one succeeds.
     entry = PROVIDER.get(binding, LOGIN)
-    where = "the token cache file" if binding.profile.cache == "file" else "memory only"
+    cache = binding.profile.cache
+    where = ("the token cache file" if cache == "file" else "memory only" if cache == "memory"
+             else f"the shared cache, {cache}")
     _err(f"signed in with profile {_printable(repr(binding.profile.name))}; token valid until "
          f"{_when(entry.token.expires_on)} (kept in {where})")
     return EXIT_OK

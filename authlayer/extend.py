@@ -1,7 +1,8 @@
 """The surface a plugin package builds on (CONTRACT §10, ``docs/extending.md``).
 
-A plugin adds a secret source (entry point group ``authlayer.secret_sources``) or a flow
-(``authlayer.flows``). What it may use from authlayer is re-exported here, and only here is it
+A plugin adds a secret source (entry point group ``authlayer.secret_sources``), a flow
+(``authlayer.flows``) or a token store (``authlayer.stores``: :class:`TokenStore`, optionally
+:class:`FleetLock`). What it may use from authlayer is re-exported here, and only here is it
 promised to stay: the declarations (:class:`FlowSpec`, :class:`Key`, :class:`SecretSourceSpec`),
 what an acquisition gets (:class:`FlowContext`) and the actions a sans-I/O flow yields
 (:class:`Send`, :class:`Sleep`, :class:`Call`, with :func:`send` for the retry policy), and the
@@ -26,6 +27,7 @@ from .schema import (
     SecretSourceSpec,
     endpoint,
 )
+from .store import FleetLock, MemoryStore, TokenStore
 from .token import TokenResult
 
 __all__ = [
@@ -36,11 +38,13 @@ __all__ = [
     "Call",
     "ConfigError",
     "ConnectionFailed",
+    "FleetLock",
     "FlowContext",
     "FlowSpec",
     "HttpRequest",
     "HttpResponse",
     "Key",
+    "MemoryStore",
     "Profile",
     "ReadContext",
     "Secret",
@@ -50,6 +54,7 @@ __all__ = [
     "Sleep",
     "TokenError",
     "TokenResult",
+    "TokenStore",
     "endpoint",
     "exchange",
     "refresh_grant",

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import datetime
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -44,6 +45,14 @@ FILE_NAME = "tokens.json"
 VERSION = 1
 # Seconds a writer waits for another process to finish with the file.
 LOCK_TIMEOUT = 10.0
+# After a writer gave up waiting (a process holding the lock is stopped, or hung), the next
+# writers wait only STUCK_TIMEOUT, for STUCK_FOR seconds (then LOCK_TIMEOUT again): a lock left by
+# a stopped process must not cost every token request LOCK_TIMEOUT.
+STUCK_TIMEOUT = 0.05
+STUCK_FOR = 60.0
+# The fleet locks (one token request for the processes sharing the file): this many lock files
+# next to the cache, a token key's hash picks one.
+FLIGHT_LOCKS = 64
 # How often a waiting writer tries the lock again.
 LOCK_POLL = 0.005
 # At most this many access-token records (the ones expiring first go) and accounts (the ones
@@ -242,6 +251,7 @@ class FileStore:
         self._lock = threading.Lock()
         self._file_lock: Optional[filelock.FileLock] = None  # made by the first write
         self._snapshot: Optional[_Snapshot] = None
+        self._stuck_until = 0.0  # monotonic: until then, wait only STUCK_TIMEOUT for the lock
 
     @classmethod
     def default(cls) -> FileStore:
@@ -302,6 +312,33 @@ class FileStore:
             return _drop_account_tokens(tokens, account_key)
 
         self._update(change, create=False)
+
+    # ------------------------------------------------------------------ FleetLock
+
+    def try_lead(self, key: str, ttl: float) -> Optional[object]:
+        """The fleet lock of ``key`` for the processes sharing this file: one of
+        :data:`FLIGHT_LOCKS` lock files, picked by the key's hash. The system frees it when
+        its holder dies, so ``ttl`` only bounds how long the others wait (a stopped holder)."""
+        import filelock
+
+        bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4], "big")
+        path = f"{self.path}.flight-{bucket % FLIGHT_LOCKS:02d}.lock"
+        self._ensure_folder(create=True)
+        self._check_lock_file(path)
+        lock = filelock.FileLock(path, mode=0o600, thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return None
+        except OSError as exc:
+            raise AuthLayerError(f"cannot lock the token cache: {path}: {exc.strerror}") from None
+        return lock
+
+    def release(self, lease: object) -> None:
+        release = getattr(lease, "release", None)
+        if callable(release):
+            with contextlib.suppress(OSError):
+                release()
 
     # ------------------------------------------------------------------ reading
 
@@ -394,20 +431,26 @@ class FileStore:
         import filelock  # here, not at the top: loads take no lock, and the import is slow
 
         self._ensure_folder(create=True)
-        self._check_lock_file()
+        self._check_lock_file(self.lock_path)
         if self._file_lock is None:  # (callers hold self._lock)
             self._file_lock = filelock.FileLock(self.lock_path, mode=0o600)
+        stuck = time.monotonic() < self._stuck_until
+        timeout = STUCK_TIMEOUT if stuck else LOCK_TIMEOUT
         try:
-            self._file_lock.acquire(timeout=LOCK_TIMEOUT, poll_interval=LOCK_POLL)
+            self._file_lock.acquire(timeout=timeout, poll_interval=LOCK_POLL)
         except filelock.Timeout:
+            self._stuck_until = time.monotonic() + STUCK_FOR
             raise AuthLayerError(
-                f"gave up after {LOCK_TIMEOUT:g} s waiting for the token cache lock "
+                f"gave up after {timeout:g} s waiting for the token cache lock "
                 f"{self.lock_path}: another process is holding it"
+                + (" (still)" if stuck else f"; for {STUCK_FOR:g} s, waiting only "
+                   f"{STUCK_TIMEOUT:g} s for it")
             ) from None
         except OSError as exc:
             raise AuthLayerError(
                 f"cannot lock the token cache: {self.lock_path}: {exc.strerror}"
             ) from None
+        self._stuck_until = 0.0
         try:
             yield
         finally:
@@ -442,24 +485,24 @@ class FileStore:
                     raise _refuse("folder", self.folder, st, folder=True) from None
         return True
 
-    def _check_lock_file(self) -> None:
+    def _check_lock_file(self, path: str) -> None:
         """Refuse a lock file of another user (POSIX), or one that is not a plain file;
         tighten ours if wider than ``0600``."""
         try:
-            st = os.lstat(self.lock_path)
+            st = os.lstat(path)
         except FileNotFoundError:
             return  # the lock creates it 0600
         except OSError as exc:
             raise AuthLayerError(
-                f"cannot lock the token cache: {self.lock_path}: {exc.strerror}"
+                f"cannot lock the token cache: {path}: {exc.strerror}"
             ) from None
-        _check_owner("lock file", self.lock_path, st)
+        _check_owner("lock file", path, st)
         if not stat.S_ISREG(st.st_mode):
             raise AuthLayerError(
-                f"refusing to use the token cache lock file {self.lock_path}: "
+                f"refusing to use the token cache lock file {path}: "
                 "it is not a regular file"
             )
-        _tighten("lock file", self.lock_path, st, lambda: os.chmod(self.lock_path, 0o600))
+        _tighten("lock file", path, st, lambda: os.chmod(path, 0o600))
 
     def _update(self, change: Callable[[Records, Records], bool], *, create: bool) -> None:
         """Read the file, apply ``change`` (which says whether it changed anything), prune and

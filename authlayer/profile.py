@@ -17,13 +17,16 @@ import stat
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _fileperms
 from .errors import ConfigError
 from .hosts import HostPolicy
 from .registry import BUILTIN_FLOWS as FLOWS
 from .schema import ReadContext, SecretSourceSpec
+
+if TYPE_CHECKING:
+    from .stores import StoreConfig
 
 __all__ = [
     "DEFAULT_AUTHORITY",
@@ -268,7 +271,8 @@ class Profile:
     object_id: Optional[str] = None
     resource_id: Optional[str] = None
     allowed_hosts: Optional[tuple[str, ...]] = None
-    cache: str = "memory"
+    # "memory", "file", or a shared store (Redis, a plugin's): authlayer.stores.StoreConfig
+    cache: Union[str, StoreConfig] = "memory"
     timeout: float = 30.0
     # A plugin flow's own keys (its spec's extra_keys), parsed: (name, value) pairs.
     extras: tuple[tuple[str, Any], ...] = ()

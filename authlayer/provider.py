@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -44,7 +45,7 @@ from .errors import AuthLayerError
 from .flows import FlowContext, default_prompt
 from .hosts import HostPolicy
 from .profile import Profile
-from .store import MemoryStore, TokenStore
+from .store import MemoryStore, TokenStore, fleet_lock, lead_or_wait
 from .token import AccessToken, TokenResult
 
 __all__ = ["FORCED", "LOGIN", "PLAIN", "POLICY", "PROVIDER", "Binding", "CachedToken", "Forget",
@@ -69,6 +70,9 @@ MAX_BINDINGS = 100_000
 REFUSED_AGAIN_WITHIN = 60
 COOLDOWN_FIRST = 5
 COOLDOWN_MAX = 320
+# A process that leads the fleet for a token (a shared store's lock) and dies is taken over
+# this many seconds after the profile's timeout.
+FLEET_GRACE = 5.0
 # How often (seconds) the profiles files in use are looked at for changes.
 PROFILES_RECHECK = 1.0
 
@@ -166,17 +170,18 @@ class Policy(NamedTuple):
     fresh_sign_in: bool  # sign in anew; on success only, replace the account's tokens
     cooldown: bool  # a token that got a 401 may be sent again during a cooldown instead
     refusals: bool  # the new token is watched: refused again moments later starts a cooldown
+    fleet: bool  # with a store shared by processes: one of them asks, the others take its token
 
 
 _FORCED = frozenset({Want.FORCED, Want.LOGIN})
 _LOGIN = frozenset({Want.LOGIN})
 POLICY: dict[Want, Policy] = {
-    #                        cached no_wait takes    recheck  current_ok fresh  cooldown refusals
-    Want.PLAIN:     Policy(True,  True,   None,    "fresh", True,      False, False,   False),
-    Want.FORCED:    Policy(False, False,  _FORCED, None,    False,     False, False,   False),
-    Want.AFTER_401: Policy(False, False,  None,    "valid", False,     False, True,    True),
-    Want.CLAIMS:    Policy(True,  True,   None,    "fresh", False,     False, True,    False),
-    Want.LOGIN:     Policy(False, False,  _LOGIN,  None,    False,     True,  False,   False),
+    #                   cached no_wait takes    recheck  current fresh  cooldown refusals fleet
+    Want.PLAIN:     Policy(True,  True,   None,    "fresh", True,   False, False,   False, True),
+    Want.FORCED:    Policy(False, False,  _FORCED, None,    False,  False, False,   False, False),
+    Want.AFTER_401: Policy(False, False,  None,    "valid", False,  False, True,    True,  True),
+    Want.CLAIMS:    Policy(True,  True,   None,    "fresh", False,  False, True,    False, False),
+    Want.LOGIN:     Policy(False, False,  _LOGIN,  None,    False,  True,  False,   False, False),
 }
 
 
@@ -507,6 +512,10 @@ class Provider:
             from .filecache import FileStore
 
             return FileStore.default()
+        if not isinstance(profile.cache, str):  # a shared store: Redis, a plugin's
+            from .stores import open_store
+
+            return open_store(profile.cache, profile)
         return self._memory_store
 
     # ------------------------------------------------------------------ the slow path, sans I/O
@@ -542,6 +551,18 @@ class Provider:
             if entry is not None:  # another process (or an earlier run) has a fresh one
                 self._keep(key, entry)
                 return entry
+        # Fleet hook (issue 9): with a store shared by processes, lead the fleet (this process
+        # asks; the lease is released once the token is saved) or take its leader's token.
+        lease: Optional[object] = None
+        if policy.fleet and fleet_lock(store) is not None:
+            lease, shared = yield Call(lambda: self._fleet(store, binding, profile))
+            shared_entry = _entry_from_record(shared, self.clock()) if shared else None
+            if lease is None and shared_entry is not None:
+                self._keep(key, shared_entry)
+                return shared_entry
+            if shared is not None:  # the newest record: its refresh token, not a rejected token
+                record = {k: v for k, v in shared.items() if k != "access_token"
+                          or v != self._rejected.get(binding.key)}
         from_memory = seen is not None
         if seen is None and record is not None and policy.current_ok:
             seen = _entry_from_record(record, now, due=True)
@@ -560,7 +581,7 @@ class Provider:
         )
         found = record = None  # it holds tokens: keep them out of a failing flow's locals
         try:
-            result = yield from registry.flow(profile.flow).acquire(ctx)
+            result = yield from _leading(store, lease, registry.flow(profile.flow).acquire(ctx))
         except AuthLayerError as exc:
             fallback = None
             if seen is not None and still_valid and policy.current_ok:
@@ -590,8 +611,30 @@ class Provider:
                         "kept in memory only", profile.name, exc)
             _replace_or_save(self._memory_store, binding, key, saved, fresh)
         self._keep(key, entry)
+        if lease is not None:  # the token is in the store: the fleet's waiters take it now
+            yield Call(lambda: _release(store, lease))
         log.debug("profile %r: new token, expires at %d", profile.name, result.expires_on)
         return entry
+
+    def _fleet(self, store: TokenStore, binding: Binding, profile: Profile,
+               ) -> tuple[Optional[object], Optional[dict[str, Any]]]:
+        """Lead the fleet for the binding's key or take its leader's token (blocking; see
+        :func:`authlayer.store.lead_or_wait`). A leader that died is taken over after the
+        profile's timeout and :data:`FLEET_GRACE` seconds. Never raises: an unusable store
+        lets this process fetch its own token."""
+        rejected = self._rejected.get(binding.key)
+
+        def usable(record: dict[str, Any]) -> bool:
+            return (record.get("access_token") != rejected
+                    and _entry_from_record(record, self.clock()) is not None)
+
+        try:
+            return lead_or_wait(store, binding.store_key, binding.store_account_key,
+                                ttl=profile.timeout + FLEET_GRACE, usable=usable)
+        except AuthLayerError as exc:
+            log.warning("profile %r: the token cache's fleet lock could not be used (%s); "
+                        "this process fetches its own token", profile.name, exc)
+            return None, None
 
     def _fallback(self, key: TokenKey, seen: CachedToken, from_memory: bool,
                   ) -> Optional[CachedToken]:
@@ -882,6 +925,9 @@ class Provider:
             self._memory_store = MemoryStore()
             self._sweep_above = SWEEP_ABOVE
             self.recheck_at = 0.0
+        stores = sys.modules.get("authlayer.stores")  # shared stores keep a copy in memory
+        if stores is not None:
+            stores.forget_stores()
 
 
 def _flight_key(key: TokenKey) -> Hashable:
@@ -891,6 +937,29 @@ def _flight_key(key: TokenKey) -> Hashable:
     if key.claims is None and registry.flow(key.account.flow).may_prompt:
         return ("signin", key.account)
     return key
+
+
+def _leading(store: TokenStore, lease: Optional[object],
+             acquire: Generator[Action, Any, TokenResult],
+             ) -> Generator[Action, Any, TokenResult]:
+    """A flow's acquisition, giving the fleet lease back when it fails (on success it is given
+    back after the token is saved)."""
+    if lease is None:
+        return (yield from acquire)
+    try:
+        return (yield from acquire)
+    except AuthLayerError:
+        yield Call(lambda: _release(store, lease))
+        raise
+    except BaseException:  # cancelled, a bug: rare; a quick call (the lock would expire)
+        _release(store, lease)
+        raise
+
+
+def _release(store: TokenStore, lease: object) -> None:
+    lock = fleet_lock(store)
+    if lock is not None:
+        lock.release(lease)
 
 
 def _replace_or_save(store: TokenStore, binding: Binding, key: TokenKey,

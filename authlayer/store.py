@@ -1,5 +1,12 @@
-"""Where token records live beyond the hot in-memory entry: the :class:`TokenStore` protocol
-and the in-memory store.
+"""Where token records live beyond the hot in-memory entry: the public store interface
+(:class:`TokenStore`, and the optional :class:`FleetLock` that lets a shared store make one token
+request for a whole fleet), and the in-memory store.
+
+A store is what ``cache = ...`` names: ``memory`` (:class:`MemoryStore`), ``file``
+(:class:`authlayer.filecache.FileStore`), a Redis URL (:class:`authlayer.stores.redis.RedisStore`)
+or a plugin's store (entry point group ``authlayer.stores``, see ``docs/extending.md``). Keys are
+opaque strings that name no secret (a store that is shared should still hash them: they name
+tenants, clients and scopes); values are JSON-able dicts.
 
 A record is a JSON-able dict: ``access_token``, ``expires_on``, ``refresh_on``, ``token_type``
 and, for flows that sign a person in, ``refresh_token`` and ``account``. Records are kept per
@@ -15,9 +22,10 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
-__all__ = ["MemoryStore", "TokenStore", "merge_account"]
+__all__ = ["FleetLock", "MemoryStore", "TokenStore", "fleet_lock", "lead_or_wait",
+           "merge_account"]
 
 # MemoryStore bounds: once it holds more than PRUNE_THRESHOLD token records, a save drops the
 # expired ones; it never holds more than MAX_RECORDS token records (when it would, the ones
@@ -26,13 +34,24 @@ __all__ = ["MemoryStore", "TokenStore", "merge_account"]
 # makes one key per incoming user assertion: a long-running API would otherwise grow unbounded.
 PRUNE_THRESHOLD = 1000
 MAX_RECORDS = 10000
+# While another process holds a key's fleet lock, look again for its token after this many
+# seconds, doubling up to FLEET_POLL_MAX: bounded polling, a handful of reads per second.
+FLEET_POLL_FIRST = 0.01
+FLEET_POLL_MAX = 0.2
 # A record's expires_on / refresh_on beyond this (the year 5138) is not a time: it was not written
 # by authlayer.
 MAX_TIME = 10**11
 
 
 class TokenStore(Protocol):
-    """Keeps token records. Implementations are thread-safe."""
+    """Keeps token records. Implementations are thread-safe.
+
+    The provider calls these on its slow path only (a miss, a refresh, a 401, a sign-out),
+    never for a cached token; an async caller's calls run in a worker thread, so they may
+    block. A store that cannot do its job raises :class:`~authlayer.errors.AuthLayerError`: the
+    provider then warns and keeps the tokens in its own memory. A shared store that can be
+    unreachable should rather fall back by itself and warn once (as the Redis store does).
+    """
 
     def load(self, key: str, account_key: str) -> Optional[dict[str, Any]]:
         """The record for ``key``, completed with the account's refresh token when it has
@@ -58,6 +77,77 @@ class TokenStore(Protocol):
         but keep its refresh token and account: a fresh sign-in replaced the account, so
         tokens obtained for the previous one must not be served."""
         ...
+
+
+class FleetLock(Protocol):
+    """What a store shared by processes may add so that they make one token request between
+    them (optional: the provider looks for ``try_lead`` and ``release``).
+
+    Before the provider asks the identity service for a token that is missing or due, the
+    process that leads its in-process single flight calls :func:`lead_or_wait`: it either takes
+    the key's lock (it leads the fleet: it asks, saves the token, then releases the lock) or
+    waits, looking at the store now and then, until the leader's token is there.
+    """
+
+    def try_lead(self, key: str, ttl: float) -> Optional[object]:
+        """Take the fleet-wide lock for ``key`` without waiting: a lease for :meth:`release`,
+        or ``None`` when someone else holds it. The lock must end by itself ``ttl`` seconds
+        after it was taken (a leader that died must not block the fleet) or when its holder
+        dies. A store that cannot tell (it is unreachable) answers a lease that locks nothing:
+        then the process fetches its own token."""
+        ...
+
+    def release(self, lease: object) -> None:
+        """Give the lock back, only if this lease still holds it (it may have expired and been
+        taken by another process); never raises."""
+        ...
+
+
+def fleet_lock(store: object) -> Optional[FleetLock]:
+    """``store`` as a :class:`FleetLock`, if it is one."""
+    if callable(getattr(store, "try_lead", None)) and callable(getattr(store, "release", None)):
+        return store  # type: ignore[return-value]  # checked just above
+    return None
+
+
+def lead_or_wait(
+    store: TokenStore,
+    key: str,
+    account_key: str,
+    *,
+    ttl: float,
+    usable: Callable[[dict[str, Any]], bool],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[Optional[object], Optional[dict[str, Any]]]:
+    """Lead the fleet for ``key`` or wait for its leader (blocking; see :class:`FleetLock`).
+
+    Returns ``(lease, record)``: with a lease, this process asks the identity service and
+    releases it afterwards (``record``, if any, is the newest stored one: a refresh token to
+    use); without one, ``record`` is the token another process just got (``usable(record)``
+    holds), or ``None`` when the store has no fleet lock or the wait lasted ``ttl`` seconds (a
+    leader that stopped without dying): then the process fetches its own.
+    """
+    lock = fleet_lock(store)
+    if lock is None:
+        return None, None
+    deadline = clock() + ttl
+    delay = FLEET_POLL_FIRST
+    while True:
+        lease = lock.try_lead(key, ttl)
+        record = store.load(key, account_key)
+        found = record if record is not None and usable(record) else None
+        if lease is not None:
+            if found is not None:  # the previous leader landed between our look and the lock
+                lock.release(lease)
+                return None, found
+            return lease, record
+        if found is not None:
+            return None, found
+        if clock() >= deadline:
+            return None, None
+        sleep(delay)
+        delay = min(delay * 2, FLEET_POLL_MAX)
 
 
 def merge_account(

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "authlayer.flows": 2,  # and every module in it
     **dict.fromkeys(("authlayer.oauth", "authlayer._http", "authlayer._loopback",
                      "authlayer._browser", "authlayer._process", "authlayer.store",
-                     "authlayer.filecache", "authlayer.config._keys",
+                     "authlayer.filecache", "authlayer.stores", "authlayer.config._keys",
                      "authlayer.config._sources"), 1),
     "authlayer.emulator": 1,  # a tool beside the library: it needs only values (jwt, hosts)
     **dict.fromkeys(("authlayer.schema", "authlayer.profile", "authlayer.token",

@@ -49,7 +49,7 @@ _ENTRA_HOSTS = frozenset(
 )
 
 PROMPTS = ("login", "consent", "select_account", "none", "create")
-CACHES = ("memory", "file")
+CACHES = ("memory", "file")  # and a shared store: authlayer.stores.parse_cache
 ASSERTION_ALGS = ("PS256", "RS256")
 MULTI_TENANTS = ("organizations", "common", "consumers")
 MAX_TIMEOUT = 600.0
@@ -491,6 +491,12 @@ def _host(number: int, item: str, where: Where) -> str:
     return host
 
 
+def _cache(value: Any, where: Where) -> Any:
+    from ..stores import parse_cache  # light: redis is imported when a store opens
+
+    return parse_cache(value, where)
+
+
 def _timeout(value: Any, where: Where) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise where.type_error("a number of seconds", value)
@@ -534,7 +540,7 @@ TABLE: tuple[Key, ...] = (
     Key("redirect_port", _port, aliases=("port",)),
     Key("object_id", _object_id, group=_IDENTITY),
     Key("resource_id", _resource_id, group=_IDENTITY),
-    Key("cache", _choice(CACHES)),
+    Key("cache", _cache),
     Key("timeout", _timeout),
     Key("extends", None, aliases=("inherits",)),
 )

@@ -62,3 +62,48 @@ def _explode(ctx: FlowContext) -> Generator[Any, Any, Any]:
 
 EXPLODING = FlowSpec(name="exploding", acquire=_explode, keys=COMMON | CLIENT)
 NOT_A_SPEC = "a flow spec this is not"
+
+
+# A store plugin (entry point group authlayer.stores): `cache = "shelf"` or
+# `cache = { store = "shelf", shelf = "name" }`. Every store opened on one shelf shares its records
+# (a stand-in for a shared service); `calls` counts what authlayer asked of it.
+SHELVES: dict[str, Any] = {}
+
+
+class ShelfStore:
+    def __init__(self, shelf: str) -> None:
+        from authlayer.store import MemoryStore
+
+        self.records = SHELVES.setdefault(shelf, MemoryStore())
+        self.flaky = shelf == "flaky"
+        self.calls: list[str] = []
+
+    def load(self, key: str, account_key: str) -> Any:
+        self.calls.append("load")
+        return self.records.load(key, account_key)
+
+    def save(self, key: str, account_key: str, record: dict[str, Any]) -> None:
+        self.calls.append("save")
+        if self.flaky:
+            raise RuntimeError(f"shelf is full, could not keep {record['access_token']}")
+        self.records.save(key, account_key, record)
+
+    def discard(self, key: str) -> None:
+        self.records.discard(key)
+
+    def delete(self, key: str, account_key: str) -> None:
+        self.records.delete(key, account_key)
+
+    def forget_account_tokens(self, account_key: str) -> None:
+        self.records.forget_account_tokens(account_key)
+
+
+OPENED: list[ShelfStore] = []
+
+
+def open_shelf(options: dict[str, Any], *, profile: str) -> ShelfStore:
+    if options.get("shelf") == "broken":
+        raise ValueError("no such shelf")
+    store = ShelfStore(str(options.get("shelf", "default")))
+    OPENED.append(store)
+    return store
