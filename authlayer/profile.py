@@ -267,6 +267,7 @@ class Profile:
     prompt: Optional[str] = None
     object_id: Optional[str] = None
     resource_id: Optional[str] = None
+    azure_config_dir: Optional[str] = None
     allowed_hosts: Optional[tuple[str, ...]] = None
     cache: str = "memory"
     timeout: float = 30.0

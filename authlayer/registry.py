@@ -62,6 +62,8 @@ BUILTIN_FLOWS = (
     "managed_identity",
     "workload_identity",
     "azure_cli",
+    "azd",
+    "azure_powershell",
 )
 # The built-in secret sources' table keys (a plain string is the secret itself: kind "value").
 BUILTIN_SECRET_SOURCES = ("env", "file", "command")
