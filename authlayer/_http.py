@@ -93,6 +93,10 @@ class HttpRequest:
     """False: never through a proxy (managed identity endpoints: a proxy must not see their
     secret header, and could not reach a link-local or loopback address anyway). A loopback
     host never goes through a proxy either way (see :attr:`via_proxy`)."""
+    pin: Optional[str] = None
+    """The SHA-1 thumbprint (40 lower-case hex digits) of the one server certificate to trust,
+    whoever signed it (Service Fabric's ``IDENTITY_SERVER_THUMBPRINT``); ``None``: the CA bundle
+    decides, as usual."""
 
     @property
     def host(self) -> str:
@@ -340,6 +344,57 @@ def ssl_context() -> ssl.SSLContext:
         return ctx
 
 
+class PinMismatch(Exception):
+    """Raised in the TLS handshake when the server's certificate is not the pinned one (an
+    ``ssl.SSLError`` subclass is made from it where ``ssl`` is imported)."""
+
+
+_pinned_cache: dict[str, ssl.SSLContext] = {}
+
+
+def pinned_context(thumbprint: str) -> ssl.SSLContext:
+    """A TLS context that trusts exactly the server certificate whose SHA-1 thumbprint is
+    ``thumbprint``, and nothing else, whatever CA signed it (Service Fabric's cluster
+    certificate is self-signed). The check runs when the handshake completes, before a byte of
+    the request is sent, for blocking sockets and for asyncio's and trio's TLS objects alike."""
+    with _ssl_lock:
+        ctx = _pinned_cache.get(thumbprint)
+        if ctx is not None:
+            return ctx
+        import hashlib
+        import hmac
+        import ssl
+
+        class Mismatch(ssl.SSLError, PinMismatch):
+            pass
+
+        def check(tls: Any) -> None:
+            der = tls.getpeercert(binary_form=True) or b""
+            seen = hashlib.sha1(der).hexdigest()  # noqa: S324 - a thumbprint, as pinned
+            if not hmac.compare_digest(seen, thumbprint):
+                raise Mismatch(f"the server's certificate has thumbprint {seen}, not the "
+                               f"pinned {thumbprint}")
+
+        class PinnedSocket(ssl.SSLSocket):
+            def do_handshake(self, *args: Any, **kwargs: Any) -> None:
+                super().do_handshake(*args, **kwargs)
+                check(self)
+
+        class PinnedObject(ssl.SSLObject):
+            def do_handshake(self) -> None:
+                super().do_handshake()
+                check(self)
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the pin is the whole trust
+        ctx.sslsocket_class = PinnedSocket
+        ctx.sslobject_class = PinnedObject
+        _pinned_cache[thumbprint] = ctx
+        return ctx
+
+
 def _headers(request: HttpRequest) -> dict[str, str]:
     import uuid
 
@@ -371,6 +426,9 @@ def _failure(exc: Exception, req: HttpRequest) -> ConnectionFailed:
     reason = f"{type(exc).__name__}: {redact(text)}"
     cause: Optional[BaseException] = exc
     while cause is not None:
+        if isinstance(cause, PinMismatch):
+            return ConnectionFailed(f"{cause.args[0]} (a man in the middle, or the wrong "
+                                    "thumbprint)", retry=False, kind="tls")
         if isinstance(cause, ssl.SSLCertVerificationError):
             bundle = CaBundle.from_environment()
             fix = bundle.variable or "SSL_CERT_FILE or REQUESTS_CA_BUNDLE"
@@ -482,11 +540,12 @@ def _build(client: Any, req: HttpRequest, trace: Callable[..., Any]) -> Any:
                                 extensions={"trace": trace})
 
 
-def _new_client(cls: Any, proxy: bool) -> Any:
+def _new_client(cls: Any, proxy: bool, pin: Optional[str] = None) -> Any:
     """An httpx client (``cls``: ``httpx.Client`` or ``httpx.AsyncClient``). With ``proxy``
     false, proxies from the environment are ignored (CA bundles still apply: ``verify`` is ours).
+    With ``pin``, only the server certificate of that thumbprint is trusted.
     """
-    return cls(verify=ssl_context(), trust_env=proxy)
+    return cls(verify=ssl_context() if pin is None else pinned_context(pin), trust_env=proxy)
 
 
 def _exchange_sync(client: Any, req: HttpRequest) -> Union[HttpResponse, ConnectionFailed]:
@@ -548,7 +607,7 @@ async def _exchange_async(client: Any, req: HttpRequest) -> Union[HttpResponse, 
 
 def run_sync(flow: Flow[T]) -> T:
     """Run a flow to completion with blocking I/O."""
-    clients: dict[bool, httpx.Client] = {}
+    clients: dict[tuple[bool, Optional[str]], httpx.Client] = {}
     try:
         action = next(flow)
         while True:
@@ -557,10 +616,10 @@ def run_sync(flow: Flow[T]) -> T:
                     import httpx  # only now: a flow served from a cache sends nothing
 
                     req = action.request
-                    client = clients.get(req.via_proxy)
+                    kind = (req.via_proxy, req.pin)
+                    client = clients.get(kind)
                     if client is None:
-                        client = clients[req.via_proxy] = _new_client(httpx.Client,
-                                                                      req.via_proxy)
+                        client = clients[kind] = _new_client(httpx.Client, *kind)
                     result: Any = _exchange_sync(client, req)
                 elif isinstance(action, Sleep):
                     if on_wait is not None:
@@ -587,7 +646,7 @@ async def run_async(flow: Flow[T]) -> T:
     import anyio.to_thread
     import httpx
 
-    clients: dict[bool, httpx.AsyncClient] = {}
+    clients: dict[tuple[bool, Optional[str]], httpx.AsyncClient] = {}
     # A worker thread of our own: if every thread of the shared pool is busy (sync callers
     # waiting for this very acquisition, say), the flow must still be able to go on.
     own_thread = anyio.CapacityLimiter(1)
@@ -597,12 +656,13 @@ async def run_async(flow: Flow[T]) -> T:
             try:
                 if isinstance(action, Send):
                     req = action.request
-                    client = clients.get(req.via_proxy)
+                    kind = (req.via_proxy, req.pin)
+                    client = clients.get(kind)
                     if client is None:
                         # Loading the CA bundle and building a client take tens of ms the
                         # first time: not on the event loop.
-                        client = clients[req.via_proxy] = await anyio.to_thread.run_sync(
-                            _new_client, httpx.AsyncClient, req.via_proxy, limiter=own_thread)
+                        client = clients[kind] = await anyio.to_thread.run_sync(
+                            _new_client, httpx.AsyncClient, *kind, limiter=own_thread)
                     result: Any = await _exchange_async(client, req)
                 elif isinstance(action, Sleep):
                     if on_wait is not None:

@@ -1,4 +1,4 @@
-"""Running a local program that signs in for us (``az`` today; ``azd`` and ``pwsh`` next).
+"""Running a local program that signs in for us (``az``, ``azd``, ``pwsh``).
 
 :func:`which` finds a program on ``PATH``, searching absolute entries only: never the current
 folder, which Windows would search first, and where anyone may have put an ``az.cmd``.
@@ -13,16 +13,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional
 
-__all__ = ["Finished", "run", "stop_tree", "system_folder", "which"]
+__all__ = ["Finished", "run", "safe_argument", "stop_tree", "system_folder", "which"]
 
 # The Windows extensions a program may have; PATHEXT may list more (.PS1, .VBS, ...): not run.
 _PROGRAM_EXTENSIONS = (".exe", ".cmd", ".bat", ".com")
 _STOP_WAIT = 5.0  # seconds to let a stopped tree close its pipes before leaving it
+# What may be passed on a program's command line (on Windows az is a .cmd file, whose arguments
+# cmd.exe parses again): no spaces, quotes, % or shell characters.
+_SAFE_ARGUMENT = re.compile(r"[0-9A-Za-z_.:/-]+")
+
+
+def safe_argument(value: str) -> bool:
+    """Whether ``value`` (a scope, a tenant) may go on a command line as one argument: only
+    letters, digits and ``_ . : / -``, and not starting with ``-`` (it would be an option)."""
+    return bool(_SAFE_ARGUMENT.fullmatch(value)) and not value.startswith("-")
 
 
 class Finished(NamedTuple):
@@ -77,11 +87,15 @@ def stop_tree(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def run(argv: Sequence[str], *, timeout: float) -> Finished:
+def run(argv: Sequence[str], *, timeout: float,
+        env: Optional[Mapping[str, str]] = None) -> Finished:
     """Run ``argv`` (``argv[0]`` an absolute path, from :func:`which`) to its end, as the
-    module says. Raises :class:`subprocess.TimeoutExpired` after stopping the tree, and
-    :class:`OSError` when the program cannot be started."""
+    module says, with ``env`` added to this process's environment. Raises
+    :class:`subprocess.TimeoutExpired` after stopping the tree, and :class:`OSError` when the
+    program cannot be started."""
     options: dict[str, Any] = {}
+    if env:
+        options["env"] = {**os.environ, **env}
     if os.name == "nt":
         options["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)
     else:

@@ -131,6 +131,13 @@ class SecretSource:
         """How the source is shown to people: never the value itself."""
         return self._spec().describe(self.ref)
 
+    def available(self) -> Optional[str]:
+        """Why the source cannot give a secret here (an unset environment variable, ...), or
+        ``None``: its spec's ``available``; a kind without one is always available."""
+        check = self._spec().available
+        return None if check is None else check(self.ref, ReadContext(self.profile, self.key,
+                                                                      self.path))
+
 
 def keyed_hash(text: str) -> str:
     """``text`` hashed with this installation's salt: for cache keys that must not reveal it."""
@@ -270,6 +277,7 @@ class Profile:
     prompt: Optional[str] = None
     object_id: Optional[str] = None
     resource_id: Optional[str] = None
+    azure_config_dir: Optional[str] = None
     allowed_hosts: Optional[tuple[str, ...]] = None
     # "memory", "file", or a shared store (Redis, a plugin's): authlayer.stores.StoreConfig
     cache: Union[str, StoreConfig] = "memory"

@@ -23,7 +23,7 @@ import logging
 import sys
 import threading
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 
 from .errors import AuthLayerError, ConfigError, TokenError, redact
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
     from ._http import Action
+    from .profile import Profile
     from .schema import FlowContext, FlowSpec, ReadContext, SecretSourceSpec
     from .token import TokenResult
 
@@ -46,6 +47,7 @@ __all__ = [
     "has_secret_source",
     "secret_source",
     "secret_source_names",
+    "unavailable",
 ]
 
 log = logging.getLogger("authlayer")
@@ -62,9 +64,13 @@ BUILTIN_FLOWS = (
     "managed_identity",
     "workload_identity",
     "azure_cli",
+    "azd",
+    "azure_powershell",
 )
 # The built-in secret sources' table keys (a plain string is the secret itself: kind "value").
-BUILTIN_SECRET_SOURCES = ("env", "file", "command")
+# The last three are borrowed identities, for client_assertion only.
+BUILTIN_SECRET_SOURCES = ("env", "file", "command", "profile", "github_actions",
+                          "azure_pipelines")
 
 FLOW_GROUP = "authlayer.flows"
 SECRET_SOURCE_GROUP = "authlayer.secret_sources"
@@ -131,6 +137,25 @@ def secret_source_names() -> tuple[str, ...]:
     return BUILTIN_SECRET_SOURCES + tuple(
         n for n in _names(SECRET_SOURCE_GROUP) if n not in BUILTIN_SECRET_SOURCES
     )
+
+
+def unavailable(profile: Profile) -> Optional[str]:
+    """Why ``profile`` cannot work here, or ``None``: its flow's ``available`` and that of each
+    of its secret sources (an unset environment variable, no GitHub Actions token, ...), the
+    first reason found. Blocking (a flow may probe, for about a second). Raises
+    :class:`ConfigError` only for a profile that is wrong rather than unavailable."""
+    spec = flow(profile.flow)
+    reason = spec.available(profile) if spec.available is not None else None
+    if reason is not None:
+        return reason
+    certificate = profile.certificate
+    for source in (profile.client_secret, profile.client_assertion, profile.refresh_token,
+                   profile.password, certificate.password if certificate else None):
+        if source is not None:
+            reason = source.available()
+            if reason is not None:
+                return f"{source.key}: {reason}"
+    return None
 
 
 def forget_plugins() -> None:

@@ -132,6 +132,8 @@ class SecretSourceSpec:
     the ``ref`` that ``read`` gets (``None``: any value, kept as written); ``blocking`` says that
     reading it does I/O (a file, a command), so it runs off the event loop; ``identity(ref)``
     is the non-secret part of a cache key, ``describe(ref)`` how it is shown to people.
+    ``available(ref, ctx)`` says whether the source can give a secret here: ``None`` when it
+    can, else a short reason ("environment variable X is not set"); no ``available``: always.
     """
 
     name: str
@@ -140,6 +142,7 @@ class SecretSourceSpec:
     describe: Callable[[Any], str]
     check: Optional[Callable[[Any, Any], Any]] = None
     blocking: bool = True
+    available: Optional[Callable[[Any, ReadContext], Optional[str]]] = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,11 @@ class FlowSpec:
     ignored. ``needs_user_assertion``: it needs the caller's incoming token. ``identity(profile)``
     adds to the cache key (never raises). ``prepare(values)`` fills keys from the environment
     when the profile is loaded. ``extra_keys`` are keys only a plugin flow takes; their parsed
-    values land in ``Profile.extras``.
+    values land in ``Profile.extras``. ``available(profile)`` says whether the flow can work
+    here at all: ``None`` when it can, else a short reason ("azd is not on PATH", "no managed
+    identity endpoint answered"); it may block (run ``which``, read a file, probe IMDS for
+    about a second) and raises only :class:`~authlayer.errors.ConfigError` for a profile that
+    is wrong rather than unavailable. No ``available``: always.
     """
 
     name: str
@@ -180,6 +187,7 @@ class FlowSpec:
     prepare: Optional[Callable[[Any], Mapping[str, Any]]] = None
     extra_keys: tuple[Key, ...] = ()
     summary: str = ""
+    available: Optional[Callable[[Profile], Optional[str]]] = None
 
     def takes(self, key: str) -> bool:
         """Whether a profile of this flow may set ``key``."""

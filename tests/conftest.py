@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -251,6 +252,11 @@ async def _aiohttp_request(method: str, url: str, auth: Any, *,
         for field, (filename, content) in files.items():
             form.add_field(field, content, filename=filename)
         kwargs["data"] = form
+    # aiohttp builds its default TLS context once per process, at import: a test's CA file
+    # is given to it as a script that trusts its own CA would.
+    cafile = os.environ.get("SSL_CERT_FILE")
+    if cafile and url.startswith("https:"):
+        kwargs.setdefault("ssl", ssl.create_default_context(cafile=cafile))
     async with aiohttp.ClientSession(middlewares=(auth,), trust_env=True,
                                      timeout=aiohttp.ClientTimeout(total=10)) as session, \
             session.request(method, url, **kwargs) as r:
@@ -303,3 +309,80 @@ def env_without(*names: str) -> dict[str, str]:
 
 
 Factory = Callable[..., Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Network guard: tests talk to loopback only (127.0.0.0/8, ::1) — never the real IMDS address
+# (169.254.169.254), never the internet. Every socket connect in the session is checked; a
+# connect elsewhere is refused at once and fails the test that made it, even if the code under
+# test swallowed the refusal (as an IMDS probe would).
+
+
+def _loopback_only(address: Any) -> Optional[str]:
+    """Why connecting to ``address`` is not allowed in tests, or ``None``."""
+    import ipaddress
+
+    if not isinstance(address, tuple) or not address:
+        return None  # AF_UNIX paths and the like stay on this machine
+    host = address[0]
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if not isinstance(host, str) or host.lower() == "localhost":
+        return None
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return f"{host!r} is a name, not a loopback address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return None if ip.is_loopback else f"{host} is not a loopback address"
+
+
+_network_violations: list[str] = []
+
+
+def _install_network_guard() -> None:
+    import socket as socketlib
+
+    real_connect = socketlib.socket.connect
+    real_connect_ex = socketlib.socket.connect_ex
+
+    def check(address: Any) -> None:
+        why = _loopback_only(address)
+        if why is not None:
+            _network_violations.append(f"connect to {address!r}: {why}")
+            raise PermissionError(f"test network guard: {why}")
+
+    def connect(self: socketlib.socket, address: Any) -> None:
+        check(address)
+        real_connect(self, address)
+
+    def connect_ex(self: socketlib.socket, address: Any) -> int:
+        check(address)
+        return real_connect_ex(self, address)
+
+    real_getaddrinfo = socketlib.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        # A name lookup leaves the machine (DNS) even when no connection follows.
+        why = None if host is None else _loopback_only((host, 0))
+        if why is not None:
+            _network_violations.append(f"name lookup of {host!r}: {why}")
+            raise socketlib.gaierror(socketlib.EAI_NONAME, f"test network guard: {why}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    socketlib.socket.connect = connect  # type: ignore[method-assign]
+    socketlib.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+    socketlib.getaddrinfo = getaddrinfo
+
+
+_install_network_guard()
+
+
+@pytest.fixture(autouse=True)
+def _loopback_network_only() -> Iterator[None]:
+    """Fails the test that tried to open a socket to a non-loopback address."""
+    _network_violations.clear()
+    yield
+    found, _network_violations[:] = list(_network_violations), []
+    assert not found, "a test tried to leave loopback: " + "; ".join(found)

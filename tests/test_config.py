@@ -1144,6 +1144,8 @@ def test_profile_name_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
         ("managed_identity", MI, "memory"),
         ("workload_identity", MI.replace("managed_identity", "workload_identity"), "memory"),
         ("azure_cli", MI.replace("managed_identity", "azure_cli"), "file"),
+        ("azd", MI.replace("managed_identity", "azd"), "memory"),
+        ("azure_powershell", MI.replace("managed_identity", "azure_powershell"), "memory"),
     ],
 )
 def test_cache_default_per_flow(tmp_path: Path, flow: str, body: str, cache: str) -> None:
@@ -1166,6 +1168,8 @@ def test_every_flow_is_covered_by_the_cache_table() -> None:
         "managed_identity",
         "workload_identity",
         "azure_cli",
+        "azd",
+        "azure_powershell",
     }
     assert covered == set(FLOWS)
 

@@ -44,6 +44,12 @@ UPWARD = {
         "flows; the registry imports nothing but errors when it is loaded",
     ("authlayer.config._sources", "authlayer.registry"):
         "secret sources that plugins add are listed and loaded by the registry",
+    ("authlayer.config._sources", "authlayer.config"):
+        "inside the borrowed-identity source only (client_assertion = { profile = NAME }): it "
+        "checks the other profile when the borrowing one is loaded",
+    ("authlayer.config._sources", "authlayer.provider"):
+        "inside the borrowed-identity source only: its assertion is another profile's access "
+        "token, which the provider gets (and caches) when a new token is needed",
     ("authlayer.profile", "authlayer.filecache"):
         "inside installation_salt() only: the salt for inline secrets lives next to the "
         "token cache",

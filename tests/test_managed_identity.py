@@ -636,24 +636,6 @@ def test_cloud_shell_has_no_user_assigned_identities(emu: Emulator, cloud_shell:
     assert emu.count("any") == 0
 
 
-@pytest.mark.parametrize(("env", "what"), [
-    ({"IDENTITY_ENDPOINT": "http://127.0.0.1:1/", "IMDS_ENDPOINT": "http://127.0.0.1:2/"},
-     "Azure Arc"),
-    ({"IDENTITY_ENDPOINT": "http://127.0.0.1:1/", "IDENTITY_HEADER": "h",
-      "IDENTITY_SERVER_THUMBPRINT": "ab"}, "Service Fabric"),
-    ({"MSI_ENDPOINT": "http://127.0.0.1:1/", "MSI_SECRET": "s"}, "MSI_SECRET"),
-])
-def test_unsupported_sources_say_so(emu: Emulator, profiles: Profiles,
-                                    monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
-                                    what: str) -> None:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(TokenError) as info:
-        get_token(_profile(emu, profiles))
-    assert what in str(info.value)
-    assert "not supported" in str(info.value)
-
-
 def test_azure_sdk_tenant_id_is_ignored_for_managed_identity(emu: Emulator, profiles: Profiles,
                                                              imds: str) -> None:
     """Key Vault's and Storage's challenge policies pass tenant_id; a managed identity has no

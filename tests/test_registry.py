@@ -42,9 +42,13 @@ TABLE: dict[str, dict[str, Any]] = {
         not_from_defaults=frozenset({"client_id"}), ignores_requested_tenant=True),
     "workload_identity": dict(keys=COMMON | {"tenant", "client_id", "client_assertion"},
                               credential="optional"),
-    "azure_cli": dict(keys=COMMON | {"tenant", "client_id", "username"},
+    "azure_cli": dict(keys=COMMON | {"tenant", "client_id", "username", "azure_config_dir"},
                       not_from_defaults=frozenset({"client_id"}), file_cache=True,
                       default_client_id="04b07795-8ddb-461a-bbee-02f9e1bf7b46"),
+    "azd": dict(keys=frozenset({"flow", "scope", "tenant", "allowed_hosts", "cache",
+                                "timeout"})),
+    "azure_powershell": dict(keys=frozenset({"flow", "scope", "tenant", "allowed_hosts",
+                                             "cache", "timeout"})),
 }
 DEFAULTS: dict[str, Any] = dict(
     required=(), credential="none", default_tenant=None, refused_tenants=(),
@@ -56,7 +60,8 @@ WITH_IDENTITY = {"password", "managed_identity", "azure_cli"}
 
 
 ORDER = ("client_credentials", "device_code", "authorization_code", "refresh_token",
-         "on_behalf_of", "password", "managed_identity", "workload_identity", "azure_cli")
+         "on_behalf_of", "password", "managed_identity", "workload_identity", "azure_cli",
+         "azd", "azure_powershell")
 
 
 def test_every_builtin_flow_is_registered_in_the_listed_order() -> None:

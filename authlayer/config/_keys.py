@@ -442,6 +442,11 @@ def _resource_id(value: Any, where: Where) -> str:
     return text
 
 
+def _folder(value: Any, where: Where) -> str:
+    """A folder's path: ``~`` expanded, relative to the profiles file's folder."""
+    return where.local_path(where.string(value, "the path of a folder"))
+
+
 def _allowed_hosts(value: Any, where: Where) -> tuple[str, ...]:
     example = 'like ["api.example.com", ".example.net"]'
     if not isinstance(value, (list, tuple)):
@@ -540,6 +545,7 @@ TABLE: tuple[Key, ...] = (
     Key("redirect_port", _port, aliases=("port",)),
     Key("object_id", _object_id, group=_IDENTITY),
     Key("resource_id", _resource_id, group=_IDENTITY),
+    Key("azure_config_dir", _folder, aliases=("config_dir",)),
     Key("cache", _cache),
     Key("timeout", _timeout),
     Key("extends", None, aliases=("inherits",)),

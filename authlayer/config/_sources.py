@@ -1,5 +1,7 @@
 """Secret sources: a string (the secret itself) or a table with exactly one key, ``env``,
-``file``, ``command`` or a plugin's name (CONTRACT §4, §10). Each kind is a
+``file``, ``command`` or a plugin's name (CONTRACT §4, §10); for ``client_assertion`` also a
+borrowed identity (CONTRACT §8): ``profile`` (another profile's access token),
+``github_actions`` and ``azure_pipelines`` (those CI systems' OIDC tokens). Each kind is a
 :class:`~authlayer.schema.SecretSourceSpec`: how the profile's value is checked when the profile
 is loaded, how the secret is read when a token request needs it (and only then), how the source
 enters a cache key and how it is shown to people. Messages never quote the value: it may be the
@@ -15,11 +17,12 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any, Optional
+from urllib.parse import urlsplit
 
 from .. import registry
-from ..errors import ConfigError
+from ..errors import ConfigError, TokenError, redact
 from ..profile import (
     COMMAND_TIMEOUT,
     MAX_SECRET_BYTES,
@@ -31,9 +34,11 @@ from ..schema import ReadContext, SecretSourceSpec
 from ._keys import _suggest, _type_name
 
 if TYPE_CHECKING:
+    from .._http import Action, HttpResponse
+    from ..profile import Profile
     from ._keys import Where
 
-__all__ = ["BUILTIN", "parse_secret"]
+__all__ = ["BUILTIN", "EXCHANGE_AUDIENCES", "parse_secret"]
 
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _HOW = "a table with one of env, file or command"
@@ -104,6 +109,13 @@ def _read_env(ref: str, ctx: ReadContext) -> str:
     if not value:
         raise _error(ctx, f"environment variable {ref} is empty")
     return value
+
+
+def _env_available(ref: str, ctx: ReadContext) -> Optional[str]:
+    value = os.environ.get(ref)
+    if value is None:
+        return f"environment variable {ref} is not set"
+    return None if value else f"environment variable {ref} is empty"
 
 
 def _too_large(ctx: ReadContext, what: str) -> ConfigError:
@@ -210,6 +222,241 @@ def _text(ctx: ReadContext, data: bytes, not_utf8: str, empty: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Borrowed identities: client_assertion = { profile | github_actions | azure_pipelines = ... }
+
+# The audience a token exchanged for an Entra token must have, by the cloud's sign-in host
+# (Entra's "Configure an app to trust a managed identity"; MSAL.NET's known clouds).
+EXCHANGE_AUDIENCES: dict[str, str] = {
+    **dict.fromkeys(("login.microsoftonline.us", "login.usgovcloudapi.net"),
+                    "api://AzureADTokenExchangeUSGov"),
+    **dict.fromkeys(("login.partner.microsoftonline.cn", "login.chinacloudapi.cn"),
+                    "api://AzureADTokenExchangeChina"),
+}
+DEFAULT_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+GITHUB_URL = "ACTIONS_ID_TOKEN_REQUEST_URL"
+GITHUB_TOKEN = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
+PIPELINES_URI = "SYSTEM_OIDCREQUESTURI"
+PIPELINES_TOKEN = "SYSTEM_ACCESSTOKEN"
+PIPELINES_API_VERSION = "7.1"
+_GITHUB_HINT = ("in GitHub Actions, give the job (or workflow) `permissions: id-token: write`; "
+                "the runner sets ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN "
+                "only then")
+_PIPELINES_HINT = ("in Azure Pipelines, map the job's token: `env: SYSTEM_ACCESSTOKEN: "
+                   "$(System.AccessToken)`; SYSTEM_OIDCREQUESTURI is set by the agent")
+_borrowing = threading.local()  # the profiles whose assertion this thread is fetching
+
+
+def _only_assertion(kind: str, where: Where) -> None:
+    if where.key != "client_assertion":
+        raise where.error(f"{where.key}.{kind}: a borrowed identity can only be a "
+                          "client_assertion (a federated credential)")
+
+
+def _owner(ctx: ReadContext) -> Optional[Profile]:
+    """The profile the source belongs to (its authority and timeout), if it loads."""
+    from . import load_profile
+
+    try:
+        return load_profile(ctx.profile, config=ctx.path) if ctx.profile else None
+    except ConfigError:
+        return None
+
+
+def exchange_audience(authority: str) -> str:
+    """The token exchange audience of the cloud whose sign-in host ``authority`` names."""
+    host = (urlsplit(authority).hostname or "").lower()
+    return EXCHANGE_AUDIENCES.get(host, DEFAULT_EXCHANGE_AUDIENCE)
+
+
+def _check_profile(ref: Any, where: Where) -> str:
+    _only_assertion("profile", where)
+    if not isinstance(ref, str) or not ref.strip():
+        raise where.error(f"{where.key}.profile must be the name of another profile"
+                          + ("" if isinstance(ref, str) else f", not {_type_name(ref)}"))
+    if ref == where.profile:
+        raise where.error(f"{where.key}.profile names this profile itself: name another "
+                          "profile, whose token is the assertion")
+    return ref
+
+
+def _borrowed(ref: str, ctx: ReadContext) -> Profile:
+    """The profile whose token is borrowed; a cycle of borrowings is a ConfigError."""
+    from . import load_profile
+
+    seen = [ctx.profile]
+    name = ref
+    while True:
+        if name in seen:
+            raise _error(ctx, "client_assertion borrows in a cycle: "
+                         + " -> ".join([*seen[seen.index(name):], name]))
+        seen.append(name)
+        loaded = load_profile(name, config=ctx.path)
+        if name == ref:
+            first = loaded
+        source = loaded.client_assertion
+        if source is None or source.kind != "profile":
+            return first
+        name = source.ref
+
+
+def _read_profile(ref: str, ctx: ReadContext) -> str:
+    from ..provider import get_token
+
+    borrowed = _borrowed(ref, ctx)
+    stack: list[str] = _borrowing.__dict__.setdefault("stack", [])
+    if ref in stack:  # through a chain, say: the static walk above cannot see it
+        raise _error(ctx, "client_assertion borrows in a cycle: " + " -> ".join([*stack, ref]))
+    stack.append(ref)
+    try:
+        return get_token(borrowed.name, config=ctx.path).token
+    except TokenError as exc:
+        said = str(exc)
+        prefix = f"profile {ref!r}: "
+        raise TokenError(
+            f"client_assertion borrows the token of profile {ref!r}, which failed: "
+            + (said[len(prefix):] if said.startswith(prefix) else said),
+            profile=ctx.profile or None, error=exc.error, error_codes=exc.error_codes,
+            status=exc.status, correlation_id=exc.correlation_id, hint="",
+        ) from None
+    finally:
+        stack.pop()
+
+
+def _profile_available(ref: str, ctx: ReadContext) -> Optional[str]:
+    reason = registry.unavailable(_borrowed(ref, ctx))
+    return None if reason is None else f"profile {ref!r}: {reason}"
+
+
+def _check_github(ref: Any, where: Where) -> str:
+    _only_assertion("github_actions", where)
+    if ref is True:
+        return ""
+    if isinstance(ref, str) and ref.strip() and not any(c.isspace() for c in ref):
+        where.no_control(ref)
+        return ref
+    raise where.error(f"{where.key}.github_actions must be true (audience "
+                      f"{DEFAULT_EXCHANGE_AUDIENCE}) or the audience to ask for, like "
+                      f'"{DEFAULT_EXCHANGE_AUDIENCE}"')
+
+
+def _variables(ctx: ReadContext, names: tuple[str, str], hint: str) -> tuple[str, str]:
+    missing = [n for n in names if not os.environ.get(n, "").strip()]
+    if missing:
+        raise _error(ctx, f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                          f"not set: {hint}")
+    url, token = (os.environ[n].strip() for n in names)
+    parts = urlsplit(url)
+    from ..hosts import is_loopback
+
+    if parts.scheme != "https" and not (parts.scheme == "http"
+                                        and is_loopback(parts.hostname or "")):
+        raise _error(ctx, f"{names[0]} is not an https:// URL: the request token would "
+                          "travel in the clear")
+    return url, token
+
+
+def _with_query(url: str, fields: Mapping[str, str]) -> str:
+    """``url`` with ``fields`` added to the query it may already have."""
+    from urllib.parse import urlencode
+
+    return url + ("&" if "?" in url else "?") + urlencode(fields)
+
+
+def _fetch(ctx: ReadContext, build: Any) -> HttpResponse:
+    """One request (with the usual bounded retries) through :mod:`authlayer._http`."""
+    from .._http import run_sync, send
+
+    def flow() -> Generator[Action, Any, HttpResponse]:
+        return (yield from send(build, profile=ctx.profile or None))
+
+    return run_sync(flow())
+
+
+def _timeout(ctx: ReadContext) -> float:
+    owner = _owner(ctx)
+    return owner.timeout if owner is not None else 30.0
+
+
+def _read_github(ref: str, ctx: ReadContext) -> str:
+    from .._http import HttpRequest
+
+    url, token = _variables(ctx, (GITHUB_URL, GITHUB_TOKEN), _GITHUB_HINT)
+    audience = ref
+    if not audience:
+        owner = _owner(ctx)
+        audience = exchange_audience(owner.authority) if owner else DEFAULT_EXCHANGE_AUDIENCE
+    # The URL has a query already (api-version): the audience is appended to it, as the
+    # actions toolkit does.
+    request = HttpRequest("GET", _with_query(url, {"audience": audience}),
+                          headers={"Authorization": f"Bearer {token}"},
+                          timeout=_timeout(ctx), what="GitHub Actions OIDC token request",
+                          retry_statuses=frozenset({429, 502, 503, 504}))
+    response = _fetch(ctx, request)
+    body = response.json_object() if response.status == 200 else None
+    value = body.get("value") if body is not None else None
+    if not isinstance(value, str) or not value:
+        raise TokenError(
+            f"GitHub Actions' OIDC endpoint gave no token (HTTP {response.status}"
+            + (f": {_said(response)}" if response.status != 200 else ", no 'value'") + ")",
+            profile=ctx.profile or None, error="github_actions_oidc_failed",
+            status=response.status, hint=_GITHUB_HINT)
+    return value
+
+
+def _check_pipelines(ref: Any, where: Where) -> str:
+    _only_assertion("azure_pipelines", where)
+    if not isinstance(ref, str) or not ref.strip() or any(c in ref for c in " \t\r\n&?#/"):
+        raise where.error(f"{where.key}.azure_pipelines must be the service connection's id "
+                          "(the resourceId on its page in Azure DevOps)")
+    return ref
+
+
+def _read_pipelines(ref: str, ctx: ReadContext) -> str:
+    from .._http import HttpRequest
+
+    url, token = _variables(ctx, (PIPELINES_URI, PIPELINES_TOKEN), _PIPELINES_HINT)
+    request = HttpRequest(
+        "POST", _with_query(url.rstrip("/"), {"api-version": PIPELINES_API_VERSION,
+                                              "serviceConnectionId": ref}),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                 "X-TFS-FedAuthRedirect": "Suppress"},
+        timeout=_timeout(ctx), what="Azure Pipelines OIDC token request")
+    response = _fetch(ctx, request)
+    body = response.json_object() if response.status == 200 else None
+    value = body.get("oidcToken") if body is not None else None
+    if not isinstance(value, str) or not value:
+        ids = [f"{name}: {response.headers[name.lower()]}" for name in ("X-VSS-E2EID",
+                                                                        "X-MSEdge-Ref")
+               if response.headers.get(name.lower())]
+        raise TokenError(
+            f"Azure Pipelines' OIDC endpoint gave no token for service connection {ref} (HTTP "
+            f"{response.status}" + (f": {_said(response)}" if response.status != 200
+                                    else ", no 'oidcToken'") + ")"
+            + (f" [{', '.join(ids)}]" if ids else ""),
+            profile=ctx.profile or None, error="azure_pipelines_oidc_failed",
+            status=response.status,
+            hint=f"check the service connection id {ref} (its resourceId), that this pipeline "
+                 "may use it, and that SYSTEM_ACCESSTOKEN is mapped: `env: SYSTEM_ACCESSTOKEN: "
+                 "$(System.AccessToken)`")
+    return value
+
+
+def _said(response: HttpResponse) -> str:
+    body = response.json_object() or {}
+    message = body.get("message")
+    text = message if isinstance(message, str) else response.content[:200].decode(
+        "utf-8", "replace")
+    return redact(" ".join(text.split()))[:200]
+
+
+def _variables_available(names: tuple[str, str], where: str) -> Optional[str]:
+    missing = [n for n in names if not os.environ.get(n, "").strip()]
+    if not missing:
+        return None
+    return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set ({where})"
+
+
+# --------------------------------------------------------------------------------------------
 # The built-in kinds
 
 
@@ -221,7 +468,7 @@ BUILTIN: dict[str, SecretSourceSpec] = {
     ),
     "env": SecretSourceSpec(
         "env", _read_env, identity=lambda ref: f"env:{ref}", describe=lambda ref: f"env {ref}",
-        check=_check_env, blocking=False,
+        check=_check_env, blocking=False, available=_env_available,
     ),
     "file": SecretSourceSpec(
         "file", _read_file, identity=lambda ref: f"file:{ref}",
@@ -230,6 +477,26 @@ BUILTIN: dict[str, SecretSourceSpec] = {
     "command": SecretSourceSpec(
         "command", _run, identity=lambda ref: "command:" + "\x1f".join(ref),
         describe=lambda ref: f"command {ref[0]}", check=_check_command,
+    ),
+    "profile": SecretSourceSpec(
+        "profile", _read_profile, identity=lambda ref: f"profile:{ref}",
+        describe=lambda ref: f"the token of profile {ref}", check=_check_profile,
+        available=_profile_available,
+    ),
+    "github_actions": SecretSourceSpec(
+        "github_actions", _read_github, identity=lambda ref: f"github_actions:{ref}",
+        describe=lambda ref: "GitHub Actions' OIDC token", check=_check_github,
+        available=lambda ref, ctx: _variables_available(
+            (GITHUB_URL, GITHUB_TOKEN),
+            "not in GitHub Actions, or the job lacks `permissions: id-token: write`"),
+    ),
+    "azure_pipelines": SecretSourceSpec(
+        "azure_pipelines", _read_pipelines, identity=lambda ref: f"azure_pipelines:{ref}",
+        describe=lambda ref: f"Azure Pipelines' OIDC token for service connection {ref}",
+        check=_check_pipelines,
+        available=lambda ref, ctx: _variables_available(
+            (PIPELINES_URI, PIPELINES_TOKEN),
+            "not in Azure Pipelines, or SYSTEM_ACCESSTOKEN is not mapped"),
     ),
 }
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from . import (  # noqa: F401
     api,
     authorize,
+    ci,
     device,
     discovery,
     federated,

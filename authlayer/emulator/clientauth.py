@@ -209,7 +209,10 @@ def _check_assertion(emu: Emulator, req: Request, app: App, assertion: str) -> s
         header, claims = jwt.decode(assertion)
     except jwt.JWTError:
         raise EntraError("invalid_request", 50027, "JWT token is invalid or malformed.") from None
-    if "x5t" not in header and "x5t#S256" not in header:
+    # An issuer the app federates with makes it a federated assertion whatever its header
+    # names: Entra's own tokens (a managed identity's) carry x5t too.
+    federates = any(f.get("issuer") == claims.get("iss") for f in app.federated)
+    if federates or ("x5t" not in header and "x5t#S256" not in header):
         for verifier in FEDERATED_VERIFIERS:
             if verifier(emu, req, app, header, claims):
                 # No jti check: a federated token (a Kubernetes service account token, say) is

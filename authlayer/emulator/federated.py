@@ -88,13 +88,17 @@ class FederatedIssuers:
         self._lock = threading.Lock()
         self._issuers: dict[str, Issuer] = {}
 
-    def add(self, url: str, key: Optional[RSAPrivateKey] = None) -> Issuer:
-        """Register an issuer (a new RSA key unless ``key`` is given) and return it."""
+    def add(self, url: str, key: Optional[RSAPrivateKey] = None,
+            kid: Optional[str] = None) -> Issuer:
+        """Register an issuer (a new RSA key unless ``key`` is given; ``kid`` its key id) and
+        return it. ``add(emu.state.issuer(tid), emu.state.signing_key, emu.state.kid)`` makes
+        the emulator trust its own tokens as assertions (a managed identity as a federated
+        credential)."""
         if key is None:
             from cryptography.hazmat.primitives.asymmetric import rsa
 
             key = rsa.generate_private_key(65537, 2048)
-        issuer = Issuer(url, key)
+        issuer = Issuer(url, key) if kid is None else Issuer(url, key, kid)
         with self._lock:
             self._issuers[url] = issuer
         return issuer

@@ -13,6 +13,23 @@ Shell's, shaped like the real ones, with the identities a test gives the emulate
 - Cloud Shell: ``POST /oauth2/token`` with the form ``resource=...`` and ``Metadata: true``
   (``MSI_ENDPOINT`` = :attr:`ManagedIdentities.cloud_shell_endpoint`). Endpoint
   ``"cloud_shell"``.
+- Azure Arc: ``GET /arc/metadata/identity/oauth2/token?api-version=2020-06-01&resource=...``
+  with ``Metadata: true`` (``IDENTITY_ENDPOINT`` = :attr:`ManagedIdentities.arc_endpoint`,
+  ``IMDS_ENDPOINT`` = :attr:`ManagedIdentities.imds_host`). Without a key it answers 401 with
+  ``WWW-Authenticate: Basic realm=<path>`` after writing a new key file into
+  :attr:`ManagedIdentities.arc_key_folder` (a test sets it); the second request sends the
+  file's contents as ``Authorization: Basic <contents>``. :attr:`ManagedIdentities.arc_realm`
+  makes the challenge name another path (bad key files). System-assigned only. Endpoint
+  ``"azure_arc"``.
+- Service Fabric: ``GET /sf/token?api-version=2019-07-01-preview&resource=...`` with
+  ``Secret: <IDENTITY_HEADER>``; errors are ``{"error": {"code", "message",
+  "correlationId"}}``. Meant for ``Emulator(tls=True)``: :attr:`ManagedIdentities.thumbprint`
+  is the server certificate's SHA-1 thumbprint (``IDENTITY_SERVER_THUMBPRINT``). Endpoint
+  ``"service_fabric"``.
+- Azure Machine Learning: ``GET /ml/token?api-version=2017-09-01&resource=...[&clientid=...]``
+  with ``secret: <MSI_SECRET>`` (:attr:`ManagedIdentities.msi_secret`); ``expires_on`` is a
+  string (a date, as in the 2017 API, with :attr:`ManagedIdentities.dated_expiry`). Endpoint
+  ``"azure_ml"``.
 
 Tests drive it through :func:`managed_identities`::
 
@@ -27,11 +44,15 @@ user-assigned identities stay, like registered apps.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import hashlib
 import secrets
 import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from .routes import route
@@ -43,7 +64,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APP_SERVICE_API_VERSION",
+    "ARC_API_VERSION",
+    "AZURE_ML_API_VERSION",
     "IMDS_API_VERSIONS",
+    "SERVICE_FABRIC_API_VERSION",
     "ManagedIdentities",
     "ManagedIdentity",
     "managed_identities",
@@ -51,6 +75,9 @@ __all__ = [
 
 IMDS_API_VERSIONS = frozenset({"2018-02-01", "2019-08-01", "2019-11-01", "2020-06-01"})
 APP_SERVICE_API_VERSION = "2019-08-01"
+ARC_API_VERSION = "2020-06-01"
+SERVICE_FABRIC_API_VERSION = "2019-07-01-preview"
+AZURE_ML_API_VERSION = "2017-09-01"
 
 
 @dataclass(frozen=True)
@@ -83,6 +110,16 @@ class ManagedIdentities:
         """What App Service puts in ``IDENTITY_HEADER``: requests must send it back."""
         self.lifetime: Optional[int] = None
         """Seconds managed identity tokens live; ``None``: ``emu.token_lifetime``."""
+        self.msi_secret = secrets.token_urlsafe(24)
+        """What Azure ML puts in ``MSI_SECRET``: requests must send it back."""
+        self.arc_key_folder: Optional[Path] = None
+        """Where Arc's challenge writes its key files (the test's stand-in for
+        ``/var/opt/azcmagent/tokens``); ``None``: Arc answers 500."""
+        self.arc_realm: Optional[str] = None
+        """When set, Arc's challenge names this path instead of a key file it wrote."""
+        self.dated_expiry = False
+        """Azure ML answers ``expires_on`` as a date (``"11/30/2026 20:00:00 +00:00"``)."""
+        self._arc_keys: set[str] = set()
 
     def _new(
         self, client_id: Optional[str], object_id: Optional[str], resource_id: Optional[str],
@@ -142,6 +179,10 @@ class ManagedIdentities:
         with self._lock:
             self._starting = 0
             self._system = self._system_default
+            self._arc_keys.clear()
+            self.arc_key_folder = None
+            self.arc_realm = None
+            self.dated_expiry = False
 
     # --- addresses -------------------------------------------------------------------------
 
@@ -157,8 +198,61 @@ class ManagedIdentities:
 
     @property
     def cloud_shell_endpoint(self) -> str:
-        """The value for ``MSI_ENDPOINT``."""
+        """The value for ``MSI_ENDPOINT`` on Cloud Shell."""
         return f"{self._emu.url}/oauth2/token"
+
+    @property
+    def arc_endpoint(self) -> str:
+        """The value for ``IDENTITY_ENDPOINT`` on an Arc machine."""
+        return f"{self._emu.url}/arc/metadata/identity/oauth2/token"
+
+    @property
+    def service_fabric_endpoint(self) -> str:
+        """The value for ``IDENTITY_ENDPOINT`` on Service Fabric."""
+        return f"{self._emu.url}/sf/token"
+
+    @property
+    def azure_ml_endpoint(self) -> str:
+        """The value for ``MSI_ENDPOINT`` on Azure Machine Learning."""
+        return f"{self._emu.url}/ml/token"
+
+    @property
+    def thumbprint(self) -> str:
+        """The SHA-1 thumbprint of the server's certificate (``Emulator(tls=True)``): the value
+        for ``IDENTITY_SERVER_THUMBPRINT``."""
+        import ssl
+
+        if self._emu.ca_file is None:
+            raise RuntimeError("Service Fabric's endpoint is pinned by its certificate: start "
+                               "the emulator with tls=True")
+        pem = (Path(self._emu.ca_file).parent / "server.pem").read_text()
+        return hashlib.sha1(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()  # noqa: S324
+
+    # --- Azure Arc's key files ---------------------------------------------------------------
+
+    def arc_challenge(self) -> Optional[str]:
+        """Write a new key file, as the Arc agent does for each challenge; its path, or
+        :attr:`arc_realm`; ``None`` when no key folder is set."""
+        if self.arc_realm is not None:
+            return self.arc_realm
+        folder = self.arc_key_folder
+        if folder is None:
+            return None
+        key = secrets.token_urlsafe(32)
+        path = folder / f"{uuid.uuid4().hex}.key"
+        path.write_text(key)
+        with self._lock:
+            self._arc_keys.add(key)
+        return str(path)
+
+    def arc_key_ok(self, key: str) -> bool:
+        """Whether ``key`` is the contents of a key file of a challenge."""
+        with self._lock:
+            known = set(self._arc_keys)
+        if self.arc_realm is not None:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                known.add(Path(self.arc_realm).read_text())
+        return any(secrets.compare_digest(key.encode(), k.encode()) for k in known)
 
     # --- used by the handlers --------------------------------------------------------------
 
@@ -315,3 +409,92 @@ def cloud_shell_token(emu: Emulator, req: Request) -> Response:
     body = mi.issue(identity, resource)
     body.pop("client_id")
     return json_response(body)
+
+
+@route("GET", "/arc/metadata/identity/oauth2/token", endpoint="azure_arc")
+def arc_token(emu: Emulator, req: Request) -> Response:
+    """Azure Arc's endpoint (the agent, himds): a key file challenge, then the token."""
+    mi = managed_identities(emu)
+    if not _metadata_ok(req):
+        return _imds_error("Required metadata header not specified")
+    version = req.query.get("api-version", "")
+    if version != ARC_API_VERSION:
+        return _imds_error(f"Invalid api-version '{version}'")
+    resource = req.query.get("resource", "").strip()
+    if not resource:
+        return _imds_error("Required audience parameter not specified")
+    if any(req.query.get(n) for n in ("client_id", "object_id", "msi_res_id", "mi_res_id")):
+        return _imds_error("User assigned identities are not supported on Azure Arc")
+    scheme, _, key = str(req.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "basic" or not mi.arc_key_ok(key):
+        realm = mi.arc_challenge()
+        if realm is None:
+            return _imds_error("the emulated Arc agent has no key folder (arc_key_folder)",
+                               status=500, error="server_error")
+        response = _imds_error("Unauthorized: read the key file named in WWW-Authenticate",
+                               status=401, error="unauthorized")
+        response.headers.append(("WWW-Authenticate", f"Basic realm={realm}"))
+        return response
+    identity = mi.find(None, None)
+    if identity is None:
+        return _imds_error("Identity not found")
+    body = mi.issue(identity, resource)
+    body.pop("client_id")
+    return json_response(body)
+
+
+def _service_fabric_error(status: int, code: str, message: str) -> Response:
+    return json_response({"error": {"correlationId": str(uuid.uuid4()), "code": code,
+                                    "message": message}}, status=status)
+
+
+@route("GET", "/sf/token", endpoint="service_fabric")
+def service_fabric_token(emu: Emulator, req: Request) -> Response:
+    """Service Fabric's managed identity endpoint (its certificate is what clients pin)."""
+    mi = managed_identities(emu)
+    header = str(req.headers.get("secret") or "")
+    if not header or not secrets.compare_digest(header.encode(), mi.identity_header.encode()):
+        return _service_fabric_error(401, "SecretHeaderNotFound",
+                                     "Secret is not found in the request headers.")
+    version = req.query.get("api-version", "")
+    if version != SERVICE_FABRIC_API_VERSION:
+        return _service_fabric_error(400, "InvalidApiVersion",
+                                     f"The api-version '{version}' could not be found.")
+    resource = req.query.get("resource", "").strip()
+    if not resource:
+        return _service_fabric_error(400, "ArgumentNullOrEmpty",
+                                     "Value cannot be null or empty: resource.")
+    identity = mi.find(None, None)
+    if identity is None:
+        return _service_fabric_error(404, "ManagedIdentityNotFound",
+                                     "Managed Identity not found for the application.")
+    body = mi.issue(identity, resource)
+    return json_response({"token_type": "Bearer", "access_token": body["access_token"],
+                          "expires_on": int(body["expires_on"]), "resource": resource})
+
+
+@route("GET", "/ml/token", endpoint="azure_ml")
+def azure_ml_token(emu: Emulator, req: Request) -> Response:
+    """Azure Machine Learning's endpoint (``MSI_ENDPOINT`` with ``MSI_SECRET``, API 2017)."""
+    mi = managed_identities(emu)
+    header = str(req.headers.get("secret") or "")
+    if not header or not secrets.compare_digest(header.encode(), mi.msi_secret.encode()):
+        return _app_service_error(401, "The secret header is missing or wrong: send the value "
+                                       "of MSI_SECRET.")
+    version = req.query.get("api-version", "")
+    if version != AZURE_ML_API_VERSION:
+        return _app_service_error(400, f"Unsupported api-version '{version}'.")
+    resource = req.query.get("resource", "").strip()
+    if not resource:
+        return _app_service_error(400, "The resource parameter is missing.")
+    client_id = req.query.get("clientid")
+    identity = mi.find("client_id" if client_id else None, client_id)
+    if identity is None:
+        return _app_service_error(400, "Unable to load the proper Managed Identity.")
+    body = mi.issue(identity, resource)
+    expires_on = body["expires_on"]
+    if mi.dated_expiry:
+        when = dt.datetime.fromtimestamp(int(expires_on), dt.timezone.utc)
+        expires_on = when.strftime("%m/%d/%Y %H:%M:%S +00:00")
+    return json_response({"access_token": body["access_token"], "expires_on": expires_on,
+                          "resource": resource, "token_type": "Bearer"})

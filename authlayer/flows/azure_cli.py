@@ -1,6 +1,7 @@
 """The Azure CLI's sign-in: reuse ``az login`` without running ``az`` for every token.
 
-The CLI keeps its sign-in in ``$AZURE_CONFIG_DIR`` (default ``~/.azure``): MSAL's token cache
+The CLI keeps its sign-in in the profile's ``azure_config_dir``, else ``$AZURE_CONFIG_DIR``,
+else ``~/.azure``: MSAL's token cache
 ``msal_token_cache.json`` (plain JSON on Linux and macOS) and ``azureProfile.json`` (the
 subscriptions, each with its tenant and user). This flow picks an account (the profile's
 ``username``, else the default subscription's user) and a tenant (the profile's ``tenant``, else
@@ -42,8 +43,8 @@ from ..profile import Profile, Secret
 from ..token import TokenResult
 from . import FlowContext
 
-__all__ = ["AZURE_CLI_CLIENT_ID", "AZ_TIMEOUT", "CliState", "acquire", "cache_identity",
-           "config_dir", "find_az", "read_state"]
+__all__ = ["AZURE_CLI_CLIENT_ID", "AZ_TIMEOUT", "CliState", "acquire", "available",
+           "cache_identity", "config_dir", "find_az", "read_state"]
 
 # The Azure CLI's own public client: its refresh tokens are only good for this id (and the
 # family of Microsoft's apps). The default client_id of this flow.
@@ -85,8 +86,11 @@ _REASONS = {
 }
 
 
-def config_dir() -> Path:
-    """The Azure CLI's folder: ``$AZURE_CONFIG_DIR``, else ``~/.azure``."""
+def config_dir(profile: Optional[Profile] = None) -> Path:
+    """The Azure CLI's folder: the profile's ``azure_config_dir``, else ``$AZURE_CONFIG_DIR``,
+    else ``~/.azure``."""
+    if profile is not None and profile.azure_config_dir:
+        return Path(profile.azure_config_dir)
     raw = os.environ.get("AZURE_CONFIG_DIR", "").strip()
     return Path(os.path.expanduser(raw)) if raw else Path.home() / ".azure"
 
@@ -344,7 +348,7 @@ def cache_identity(profile: Profile) -> str:
     process, when the profile is first used: ``az login`` as someone else, ``az logout`` or
     ``az account set`` to another tenant are seen by the next process. Never raises."""
     try:
-        state = read_state(config_dir())
+        state = read_state(config_dir(profile))
         if state.cache is not None:
             try:
                 choice = _choose(profile, state)
@@ -410,9 +414,11 @@ def run_az(profile: Profile, why: str, cache_error: Optional[TokenError] = None
             "ask instead (install the Azure CLI)",
             tenant,
         )
+    # az reads the same folder as we did.
+    env = {"AZURE_CONFIG_DIR": profile.azure_config_dir} if profile.azure_config_dir else None
     try:
         status, out, err = run([exe, "account", "get-access-token", "--output", "json", *args],
-                               timeout=AZ_TIMEOUT)
+                               timeout=AZ_TIMEOUT, env=env)
     except subprocess.TimeoutExpired:
         raise TokenError(f"az account get-access-token did not finish within {AZ_TIMEOUT:g} s",
                          profile=profile.name, error="azure_cli_failed") from None
@@ -488,7 +494,7 @@ def _from_az(profile: Profile, answer: Mapping[str, Any], now: float) -> TokenRe
 def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     """A token for the profile's scope from the Azure CLI's sign-in."""
     profile = ctx.profile
-    folder = config_dir()
+    folder = config_dir(profile)
     state = yield from call(lambda: read_state(folder))
     choice: Optional[_Choice] = None
     cache_error: Optional[_NotSignedIn] = None
@@ -516,6 +522,28 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     return replace(result, refresh_token=None, id_token=None)
 
 
+def available(profile: Profile) -> Optional[str]:
+    """``None`` when the Azure CLI's files hold a sign-in this profile can use, or ``az`` is on
+    ``PATH`` and the CLI has subscriptions (``az`` is asked then); else why not. Reads files
+    only, never runs ``az``."""
+    state = read_state(config_dir(profile))
+    why = f"{state.cache_path} {state.cache_problem}"
+    if state.cache is not None:
+        try:
+            if _choose(profile, state) is not None:
+                return None
+            why = "it is signed in as a service principal or managed identity"
+        except _NotSignedIn as exc:
+            why = exc.reason
+        except TokenError as exc:  # another client id: a mistake, reported when used
+            return None if exc.error == "azure_cli_other_client" else str(exc)
+    if find_az() is not None and state.subscriptions:
+        return None
+    if find_az() is None:
+        return f"the Azure CLI's sign-in cannot be used ({why}) and az is not on PATH"
+    return f"the Azure CLI is not signed in ({why}): run {_login_hint(profile.tenant)}"
+
+
 # The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
 # know about this flow.
 from ..schema import COMMON, FlowSpec  # noqa: E402 - kept next to the entry it declares
@@ -523,11 +551,12 @@ from ..schema import COMMON, FlowSpec  # noqa: E402 - kept next to the entry it 
 FLOW = FlowSpec(
     name="azure_cli",
     acquire=acquire,
-    keys=COMMON | {"tenant", "client_id", "username"},
+    keys=COMMON | {"tenant", "client_id", "username", "azure_config_dir"},
     default_client_id=AZURE_CLI_CLIENT_ID,
     # client_id names the CLI's client here, not the app registration [defaults] is about.
     not_from_defaults=frozenset({"client_id"}),
     file_cache=True,
     identity=cache_identity,
     summary="the Azure CLI's sign-in (az login)",
+    available=available,
 )

@@ -1,25 +1,33 @@
 """Managed identity: a token from the Azure host the script runs on, with no secret at all.
 
-The source is chosen from the environment the way azure-identity chooses it: App Service and
-Functions (``IDENTITY_ENDPOINT`` with ``IDENTITY_HEADER``), Cloud Shell (``MSI_ENDPOINT``
-alone), Kubernetes workload identity (``AZURE_TENANT_ID``, ``AZURE_CLIENT_ID`` and
-``AZURE_FEDERATED_TOKEN_FILE`` all set: the federated token is exchanged, as flow
-``workload_identity`` does), else the instance metadata service (IMDS) of VMs, scale sets and
-most other hosts, at ``http://169.254.169.254`` or ``$AZURE_POD_IDENTITY_AUTHORITY_HOST``. A
-profile's ``client_id``, ``object_id`` or ``resource_id`` picks a user-assigned identity. The
-resource is the profile's one scope without ``/.default``. Requests to a managed identity
-endpoint never go through a proxy. This module only builds requests and reads answers;
-:mod:`authlayer._http` sends them. It does not support the Azure Arc, Service Fabric or Azure
-Machine Learning endpoints: there it says so instead of asking IMDS.
+The source is chosen from the environment the way the Azure tools choose it (azure-identity and
+MSAL): Service Fabric (``IDENTITY_ENDPOINT``, ``IDENTITY_HEADER`` and
+``IDENTITY_SERVER_THUMBPRINT``: TLS pinned to that certificate), App Service and Functions
+(``IDENTITY_ENDPOINT`` with ``IDENTITY_HEADER``), Azure Machine Learning (``MSI_ENDPOINT`` with
+``MSI_SECRET``), Azure Arc (``IDENTITY_ENDPOINT`` with ``IMDS_ENDPOINT``, or the Arc agent
+installed: a key-file challenge proves the caller may read the agent's folder), Cloud Shell
+(``MSI_ENDPOINT`` alone), Kubernetes workload identity (``AZURE_TENANT_ID``,
+``AZURE_CLIENT_ID`` and ``AZURE_FEDERATED_TOKEN_FILE`` all set: the federated token is
+exchanged, as flow ``workload_identity`` does), else the instance metadata service (IMDS) of
+VMs, scale sets and most other hosts, at ``http://169.254.169.254`` or
+``$AZURE_POD_IDENTITY_AUTHORITY_HOST``. A profile's ``client_id``, ``object_id`` or
+``resource_id`` picks a user-assigned identity where the source has them. The resource is the
+profile's one scope without ``/.default``. Requests to a managed identity endpoint never go
+through a proxy. This module only builds requests and reads answers; :mod:`authlayer._http`
+sends them (and reads Arc's key file through a :class:`~authlayer._http.Call`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import os
+import stat
+import sys
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
 from .._http import (
@@ -30,7 +38,9 @@ from .._http import (
     Send,
     Sleep,
     backoff,
+    call,
     retry_after,
+    run_sync,
     send,
 )
 from ..errors import ConfigError, TokenError, redact
@@ -45,12 +55,23 @@ from ._workload_env import (
     workload_identity_for,
 )
 
-__all__ = ["IMDS_HOST", "Source", "acquire", "cache_identity", "choose_source", "resource_of"]
+__all__ = ["IMDS_HOST", "Source", "acquire", "arc_key_folder", "available", "cache_identity",
+           "choose_source", "resource_of"]
 
 IMDS_HOST = "http://169.254.169.254"
 IMDS_PATH = "/metadata/identity/oauth2/token"
 IMDS_API_VERSION = "2018-02-01"
 APP_SERVICE_API_VERSION = "2019-08-01"
+ARC_API_VERSION = "2020-06-01"
+SERVICE_FABRIC_API_VERSION = "2019-07-01-preview"
+AZURE_ML_API_VERSION = "2017-09-01"
+# Where the Arc agent lives when it set no variables (MSAL's check), and its default endpoint.
+HIMDS_PATHS = {"linux": "/opt/azcmagent/bin/himds",
+               "win32": "%ProgramFiles%\\AzureConnectedMachineAgent\\himds.exe"}
+ARC_DEFAULT_ENDPOINT = "http://127.0.0.1:40342/metadata/identity/oauth2/token"
+ARC_MAX_KEY_BYTES = 4096  # the reference libraries refuse larger key files
+# "Is there an IMDS here?" (available()): the Azure tools decide within a second, in a chain.
+AVAILABLE_PROBE_TIMEOUT = 1.0
 
 # The first request to IMDS in a process is a probe: off Azure, 169.254.169.254 often drops
 # packets, so waiting the profile's whole timeout (and retrying) would hang a script for minutes.
@@ -66,10 +87,19 @@ ENV_POD_IDENTITY_HOST = "AZURE_POD_IDENTITY_AUTHORITY_HOST"
 _WORKLOAD_VARIABLES = (ENV_TENANT_ID, ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE)
 
 _ENV_CONSULTED = (
-    "IDENTITY_ENDPOINT and IDENTITY_HEADER (App Service, Functions), MSI_ENDPOINT (Cloud Shell), "
+    "IDENTITY_ENDPOINT with IDENTITY_HEADER (App Service, Functions; with "
+    "IDENTITY_SERVER_THUMBPRINT: Service Fabric) or with IMDS_ENDPOINT (Azure Arc), "
+    "MSI_ENDPOINT (Cloud Shell; with MSI_SECRET: Azure Machine Learning), "
     "AZURE_TENANT_ID with AZURE_CLIENT_ID and AZURE_FEDERATED_TOKEN_FILE (workload identity), "
     "AZURE_POD_IDENTITY_AUTHORITY_HOST (another IMDS host)"
 )
+# The variable that names each source's endpoint, for messages.
+_VARIABLE = {"app_service": "IDENTITY_ENDPOINT", "service_fabric": "IDENTITY_ENDPOINT",
+             "azure_arc": "IDENTITY_ENDPOINT", "azure_ml": "MSI_ENDPOINT",
+             "cloud_shell": "MSI_ENDPOINT"}
+_NAMES = {"app_service": "App Service", "service_fabric": "Service Fabric",
+          "azure_arc": "Azure Arc", "azure_ml": "Azure Machine Learning",
+          "cloud_shell": "Cloud Shell"}
 WHAT = "managed identity token request"
 
 log = logging.getLogger("authlayer")
@@ -80,13 +110,16 @@ _answered: set[str] = set()
 
 @dataclass(frozen=True)
 class Source:
-    """Where managed identity tokens come from: ``kind`` is ``"app_service"``,
-    ``"cloud_shell"``, ``"workload_identity"`` or ``"imds"``; ``url`` the endpoint (for workload
-    identity, the federated token file); ``secret`` App Service's ``IDENTITY_HEADER``."""
+    """Where managed identity tokens come from: ``kind`` is ``"service_fabric"``,
+    ``"app_service"``, ``"azure_ml"``, ``"azure_arc"``, ``"cloud_shell"``,
+    ``"workload_identity"`` or ``"imds"``; ``url`` the endpoint (for workload identity, the
+    federated token file); ``secret`` the header value the host set (``IDENTITY_HEADER``,
+    ``MSI_SECRET``); ``thumbprint`` Service Fabric's pinned certificate."""
 
     kind: str
     url: str
     secret: Optional[str] = None
+    thumbprint: Optional[str] = None
 
     def __repr__(self) -> str:
         return f"Source({self.kind!r}, {self.url!r})"
@@ -120,34 +153,54 @@ def _pod_identity_host(raw: str) -> str:
     return url.rstrip("/")
 
 
+def _thumbprint(raw: str) -> str:
+    """``$IDENTITY_SERVER_THUMBPRINT`` as 40 lower-case hex digits (spaces and colons, as
+    certificate tools print them, removed). Raises :class:`ConfigError` naming the variable."""
+    text = "".join(c for c in raw if c not in " \t\r\n:").lower()
+    if len(text) != 40 or any(c not in "0123456789abcdef" for c in text):
+        raise ConfigError(
+            "$IDENTITY_SERVER_THUMBPRINT is not a certificate's SHA-1 thumbprint (40 hex "
+            "digits): Service Fabric sets it to its managed identity endpoint's certificate"
+        )
+    return text
+
+
+def _himds_installed() -> bool:
+    """Whether the Azure Arc agent is installed here (MSAL looks for its program)."""
+    path = HIMDS_PATHS.get(sys.platform)
+    return path is not None and os.path.isfile(os.path.expandvars(path))
+
+
 def choose_source(env: Optional[Mapping[str, str]] = None) -> Source:
-    """The managed identity endpoint this environment offers (azure-identity's order)."""
+    """The managed identity endpoint this environment offers (the Azure tools' order)."""
     env = dict(os.environ if env is None else env)
     endpoint = env.get("IDENTITY_ENDPOINT", "").strip()
     header = env.get("IDENTITY_HEADER", "").strip()
     msi = env.get("MSI_ENDPOINT", "").strip()
-    unsupported = None
-    if endpoint and header and env.get("IDENTITY_SERVER_THUMBPRINT"):
-        unsupported = "Service Fabric (IDENTITY_SERVER_THUMBPRINT is set)"
-    elif endpoint and header:
+    thumbprint = env.get("IDENTITY_SERVER_THUMBPRINT", "").strip()
+    if endpoint and header and thumbprint:
+        if urlsplit(endpoint).scheme.lower() != "https":
+            raise ConfigError("$IDENTITY_ENDPOINT must be an https:// URL for Service Fabric "
+                              "(IDENTITY_SERVER_THUMBPRINT is set): its certificate is pinned")
+        return Source("service_fabric", endpoint, header, _thumbprint(thumbprint))
+    if endpoint and header:
         return Source("app_service", endpoint, header)
-    elif msi and env.get("MSI_SECRET"):
-        unsupported = "Azure Machine Learning or old App Service (MSI_ENDPOINT with MSI_SECRET)"
-    elif endpoint and env.get("IMDS_ENDPOINT"):
-        unsupported = "Azure Arc (IDENTITY_ENDPOINT with IMDS_ENDPOINT)"
-    elif msi:
+    secret = env.get("MSI_SECRET", "").strip()
+    if msi and secret:
+        return Source("azure_ml", msi, secret)
+    if endpoint and env.get("IMDS_ENDPOINT", "").strip():
+        return Source("azure_arc", endpoint)
+    if msi:
         return Source("cloud_shell", msi)
-    if unsupported:
-        raise TokenError(
-            f"the managed identity endpoint of {unsupported} is not supported by authlayer",
-            error="unsupported_source",
-        )
     if all(env.get(name, "").strip() for name in _WORKLOAD_VARIABLES):
         # AKS with workload identity: the pod's identity, not the node's (IMDS)
         return Source("workload_identity", env[ENV_FEDERATED_TOKEN_FILE].strip())
     raw = env.get(ENV_POD_IDENTITY_HOST, "").strip()
-    host = _pod_identity_host(raw) if raw else IMDS_HOST
-    return Source("imds", host + IMDS_PATH)
+    if raw:
+        return Source("imds", _pod_identity_host(raw) + IMDS_PATH)
+    if _himds_installed():
+        return Source("azure_arc", ARC_DEFAULT_ENDPOINT)
+    return Source("imds", IMDS_HOST + IMDS_PATH)
 
 
 def resource_of(profile: Profile) -> str:
@@ -181,12 +234,16 @@ def _selector(profile: Profile, source: Source) -> dict[str, str]:
     if not chosen:
         return {}
     key, value = chosen[0]
-    if source.kind == "cloud_shell":
-        raise profile.config_error(
-            "Cloud Shell (MSI_ENDPOINT) has no user-assigned identities: remove "
-            f"{key} to use Cloud Shell's own identity",
-            key=key,
-        )
+    if source.kind == "azure_ml" and key == "client_id":
+        return {"clientid": value}  # Azure ML's 2017 API spells it so
+    why = {
+        "cloud_shell": "Cloud Shell (MSI_ENDPOINT) has no user-assigned identities",
+        "azure_arc": "Azure Arc offers only the machine's own (system-assigned) identity",
+        "service_fabric": "Service Fabric gives the identity its application's manifest names",
+        "azure_ml": "Azure Machine Learning picks a user-assigned identity by client_id only",
+    }.get(source.kind)
+    if why is not None:
+        raise profile.config_error(f"{why}: remove {key} from the profile", key=key)
     field = names[source.kind][("client_id", "object_id", "resource_id").index(key)]
     return {field: value}
 
@@ -204,6 +261,25 @@ def _request(profile: Profile, source: Source, resource: str, timeout: float) ->
         return HttpRequest(
             "POST", source.url, form={"resource": resource}, headers={"Metadata": "true"},
             timeout=timeout, what=WHAT, proxy=False,
+        )
+    if source.kind == "service_fabric":
+        return HttpRequest(
+            "GET", source.url,
+            params={"api-version": SERVICE_FABRIC_API_VERSION, "resource": resource},
+            headers={"Secret": source.secret or ""},
+            timeout=timeout, what=WHAT, proxy=False, pin=source.thumbprint,
+        )
+    if source.kind == "azure_ml":
+        return HttpRequest(
+            "GET", source.url,
+            params={"api-version": AZURE_ML_API_VERSION, "resource": resource, **selector},
+            headers={"secret": source.secret or ""},
+            timeout=timeout, what=WHAT, proxy=False,
+        )
+    if source.kind == "azure_arc":
+        return HttpRequest(
+            "GET", source.url, params={"api-version": ARC_API_VERSION, "resource": resource},
+            headers={"Metadata": "true"}, timeout=timeout, what=WHAT, proxy=False,
         )
     return HttpRequest(
         "GET", source.url,
@@ -321,8 +397,12 @@ def _imds(profile: Profile, request: HttpRequest) -> Generator[Action, Any, Http
 
 def _error(profile: Profile, source: Source, response: HttpResponse) -> TokenError:
     """A refusal, with what to check. IMDS answers like Entra (``error``,
-    ``error_description``); App Service with ``{"statusCode", "message", "correlationId"}``."""
+    ``error_description``); App Service with ``{"statusCode", "message", "correlationId"}``;
+    Service Fabric with ``{"error": {"code", "message", "correlationId"}}``."""
     body = response.json_object() or {}
+    nested = body.get("error")
+    if isinstance(nested, dict):
+        body = {k: v for k, v in nested.items() if k != "error"}
     entra_shaped = isinstance(body.get("error"), str)
     base = parse_error(response, profile=profile.name, what=WHAT) if entra_shaped \
         else None
@@ -332,9 +412,12 @@ def _error(profile: Profile, source: Source, response: HttpResponse) -> TokenErr
     )
     hint = base.hint if base is not None else None
     text = (description or "").lower()
-    if "identity not found" in text or "managed identity" in text:
+    if "identity not found" in text or "managed identity" in text \
+            or body.get("code") == "ManagedIdentityNotFound":
         selector = _selector(profile, source)
-        where = "this app" if source.kind == "app_service" else "this VM or scale set"
+        where = {"app_service": "this app", "service_fabric": "this application",
+                 "azure_arc": "this machine", "azure_ml": "this compute"
+                 }.get(source.kind, "this VM or scale set")
         if selector:
             hint = (
                 f"the user-assigned identity {next(iter(selector.values()))!r} is not assigned "
@@ -348,6 +431,9 @@ def _error(profile: Profile, source: Source, response: HttpResponse) -> TokenErr
             )
     elif source.kind == "imds" and response.status == 410:
         hint = f"IMDS was still starting after {STARTING_WINDOW:g} s: try again"
+    elif source.kind in ("service_fabric", "azure_ml") and response.status == 401:
+        variable = "IDENTITY_HEADER" if source.kind == "service_fabric" else "MSI_SECRET"
+        hint = f"the endpoint refused ${variable}: it is set by the host, not by you"
     correlation = body.get("correlationId")
     return TokenError(
         None if base is not None else f"{WHAT} failed: HTTP {response.status}"
@@ -362,6 +448,127 @@ def _error(profile: Profile, source: Source, response: HttpResponse) -> TokenErr
         status=response.status,
         hint=hint,
     )
+
+
+# --------------------------------------------------------------------------- Azure Arc
+
+
+def arc_key_folder() -> Optional[str]:
+    """The only folder the Arc agent writes its key files to (``None``: Arc has no managed
+    identity on this platform)."""
+    if sys.platform == "linux":
+        return "/var/opt/azcmagent/tokens"
+    if sys.platform == "win32":
+        data = os.environ.get("PROGRAMDATA", "").strip()
+        return os.path.join(data, "AzureConnectedMachineAgent", "Tokens") if data else None
+    return None
+
+
+def _arc_refusal(profile: Profile, path: str, why: str, hint: Optional[str] = None) -> TokenError:
+    folder = arc_key_folder()
+    return TokenError(
+        f"Azure Arc's key file challenge names {path!r}, which {why}",
+        profile=profile.name, error="arc_key_file_invalid",
+        hint=hint or f"the Arc agent writes its key files to {folder}: is $IDENTITY_ENDPOINT "
+                     "the agent's (http://localhost:40342/...)?",
+    )
+
+
+def _arc_realm(profile: Profile, response: HttpResponse) -> str:
+    """The key file path in Arc's challenge, ``WWW-Authenticate: Basic realm=<path>``."""
+    header = response.headers.get("www-authenticate", "")
+    scheme, _, rest = header.strip().partition(" ")
+    name, equals, path = rest.strip().partition("=")
+    if scheme.lower() != "basic" or name.strip().lower() != "realm" or not equals \
+            or not path.strip():
+        raise TokenError(
+            "Azure Arc's endpoint answered HTTP 401 without a key file challenge "
+            "(WWW-Authenticate: Basic realm=<path>)",
+            profile=profile.name, error="arc_challenge_invalid", status=response.status,
+            hint="is $IDENTITY_ENDPOINT the Arc agent's (http://localhost:40342/...)?",
+        )
+    return path.strip().strip('"')
+
+
+def _arc_key(profile: Profile, path: str) -> str:
+    """The key file's contents, after every check the reference libraries make: in the agent's
+    folder, named ``*.key``, a regular file of at most 4 KB (blocking)."""
+    folder = arc_key_folder()
+    if folder is None:
+        raise TokenError(f"Azure Arc's managed identity is available on Linux and Windows "
+                         f"only, not on {sys.platform}", profile=profile.name,
+                         error="unsupported_platform")
+    real = os.path.realpath
+    if os.path.normcase(real(os.path.dirname(os.path.abspath(path)))) \
+            != os.path.normcase(real(folder)):
+        raise _arc_refusal(profile, path, f"is not in the Arc agent's folder {folder}")
+    if not path.lower().endswith(".key"):
+        raise _arc_refusal(profile, path, "is not a .key file")
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise _arc_refusal(profile, path, "is not a regular file")
+        if st.st_size > ARC_MAX_KEY_BYTES:
+            raise _arc_refusal(profile, path, f"is larger than {ARC_MAX_KEY_BYTES} bytes")
+        with open(path, "rb") as file:
+            data = file.read(ARC_MAX_KEY_BYTES + 1)
+    except FileNotFoundError:
+        raise _arc_refusal(profile, path, "does not exist") from None
+    except PermissionError:
+        raise _arc_refusal(
+            profile, path, "cannot be read (permission denied)",
+            hint="only members of the 'himds' group (Linux) or administrators (Windows) may "
+                 "use the Arc machine's identity",
+        ) from None
+    except OSError as exc:
+        raise _arc_refusal(profile, path, f"cannot be read ({exc.strerror})") from None
+    if len(data) > ARC_MAX_KEY_BYTES:
+        raise _arc_refusal(profile, path, f"is larger than {ARC_MAX_KEY_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _arc_refusal(profile, path, "is not text") from None
+
+
+def _arc(profile: Profile, request: HttpRequest) -> Generator[Action, Any, HttpResponse]:
+    """Arc's two requests: the first is answered 401 with the path of a key file only a
+    privileged user can read; the second sends its contents (``Authorization: Basic``)."""
+    first = yield from send(request, profile=profile.name)
+    if first.status != 401:
+        if first.status == 200:
+            raise TokenError("Azure Arc's endpoint gave a token without its key file "
+                             "challenge: it is not the Arc agent", profile=profile.name,
+                             error="arc_challenge_invalid", status=200,
+                             hint="is $IDENTITY_ENDPOINT the Arc agent's?")
+        return first
+    path = _arc_realm(profile, first)
+    key = yield from call(lambda: _arc_key(profile, path))
+    answered = yield from send(replace(request, headers={**request.headers,
+                                                         "Authorization": f"Basic {key}"}),
+                               profile=profile.name)
+    return answered
+
+
+# --------------------------------------------------------------------------- Azure ML
+
+_ML_DATES = ("%m/%d/%Y %H:%M:%S +00:00", "%m/%d/%Y %I:%M:%S %p +00:00")
+
+
+def _ml_expiry(response: HttpResponse) -> HttpResponse:
+    """Azure ML's (and old App Service's) ``expires_on`` may be a date like ``"11/30/2026
+    20:00:00 +00:00"``: made the Unix seconds :func:`token_response` reads."""
+    body = response.json_object()
+    value = body.get("expires_on") if body is not None else None
+    if body is None or not isinstance(value, str) or value.strip().isdigit():
+        return response
+    for pattern in _ML_DATES:
+        try:
+            when = dt.datetime.strptime(value.strip(), pattern).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            continue
+        body["expires_on"] = int(when.timestamp())
+        return replace(response, content=json.dumps(body).encode())
+    return response
 
 
 def _workload_identity(ctx: FlowContext, resource: str) -> Generator[Action, Any, TokenResult]:
@@ -399,16 +606,58 @@ def cache_identity(profile: Profile) -> str:
         return ""
 
 
+def _source(profile: Profile) -> Source:
+    """:func:`choose_source`, its errors naming the profile."""
+    try:
+        return choose_source()
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, path=profile.config_path, profile=profile.name) from None
+
+
+def _one_attempt(request: HttpRequest
+                 ) -> Generator[Action, Any, Union[HttpResponse, ConnectionFailed]]:
+    result: Union[HttpResponse, ConnectionFailed] = yield Send(request)
+    return result
+
+
+def available(profile: Profile) -> Optional[str]:
+    """Whether a managed identity can be asked here (``None``) or why not. A source the host
+    announces in the environment is there; a federated token file must exist; IMDS is asked
+    once, within :data:`AVAILABLE_PROBE_TIMEOUT` seconds, as the Azure tools do in a chain:
+    no answer, an answer not shaped like IMDS's, or "no identity" (HTTP 400) mean absent.
+    Blocking. Raises :class:`ConfigError` for a variable or profile that is wrong."""
+    source = _source(profile)
+    if source.kind == "workload_identity":
+        if not os.path.isfile(source.url):
+            return (f"the federated token file {source.url} (${ENV_FEDERATED_TOKEN_FILE}) "
+                    "does not exist")
+        return None
+    if source.kind != "imds":
+        return None
+    request = _request(profile, source, resource_of(profile), AVAILABLE_PROBE_TIMEOUT)
+    if request.host in _answered:
+        return None
+    result = run_sync(_one_attempt(replace(request, max_attempts=1)))
+    if isinstance(result, ConnectionFailed):
+        return f"no managed identity endpoint: IMDS at {request.host} did not answer " \
+               f"({result.reason})"
+    if not _imds_shaped(result):
+        return f"no managed identity endpoint: {request.host} answered {_excerpt(result)}, " \
+               "which is not IMDS"
+    body = result.json_object() or {}
+    said = body.get("error_description") or body.get("error") or ""
+    if result.status == 400 or (result.status == 403 and "unreachable" in str(said).lower()):
+        return f"IMDS at {request.host} has no identity for this host: " \
+               f"{redact(str(said))[:120] or f'HTTP {result.status}'}"
+    _answered.add(request.host)
+    return None
+
+
 def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     """Ask the host's managed identity endpoint for a token for the profile's resource."""
     profile = ctx.profile
     resource = resource_of(profile)
-    try:
-        source = choose_source()
-    except TokenError as exc:
-        raise TokenError(str(exc), profile=profile.name, error=exc.error) from None
-    except ConfigError as exc:
-        raise ConfigError(exc.reason, path=profile.config_path, profile=profile.name) from None
+    source = _source(profile)
     if source.kind == "workload_identity":
         return (yield from _workload_identity(ctx, resource))
     request = _request(profile, source, resource, profile.timeout)
@@ -416,18 +665,29 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     if source.kind == "imds":
         response = yield from _imds(profile, request)
     else:
+        variable = _VARIABLE[source.kind]
         try:
-            response = yield from send(request, profile=profile.name)
+            if source.kind == "azure_arc":
+                response = yield from _arc(profile, request)
+            else:
+                response = yield from send(request, profile=profile.name)
         except TokenError as exc:
-            variable = "IDENTITY_ENDPOINT" if source.kind == "app_service" else "MSI_ENDPOINT"
+            if exc.error != "connection_failed":
+                raise
+            said = str(exc)
+            said = said[len(f"profile {profile.name!r}: "):] if profile.name else said
+            pinned = source.kind == "service_fabric" and "thumbprint" in said
             raise TokenError(
-                f"nothing answered at the managed identity endpoint {request.host} "
-                f"(from ${variable})",
+                f"the {_NAMES[source.kind]} managed identity endpoint {request.host} (from "
+                f"${variable}) " + ("does not have the certificate $IDENTITY_SERVER_THUMBPRINT "
+                                    "pins" if pinned else "did not answer") + f": {said}",
                 profile=profile.name, error=exc.error,
                 hint=f"is ${variable} right? it is set by the host, not by you",
-            ) from exc
+            ) from None
     if response.status != 200:
         raise _error(profile, source, response)
+    if source.kind == "azure_ml":
+        response = _ml_expiry(response)
     result = parse_token(response, profile=profile.name, now=sent, what=WHAT)
     # Managed identity tokens live up to 24 h: refresh at half their life, as the SDKs do.
     return replace(result, refresh_on=int(sent + max(0.0, result.expires_on - sent) / 2))
@@ -448,5 +708,6 @@ FLOW = FlowSpec(
     not_from_defaults=frozenset({"client_id"}),
     ignores_requested_tenant=True,
     identity=cache_identity,
-    summary="the Azure host's identity (VM, App Service, Kubernetes, ...), no secret",
+    summary="the Azure host's identity (VM, App Service, Arc, Kubernetes, ...), no secret",
+    available=available,
 )

@@ -12,17 +12,19 @@ platform rotates it) and sends the grant; the token request is :mod:`authlayer.o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
-from typing import Any
+from typing import Any, Optional
 
 from .._http import Action
 from ..errors import ConfigError
 from ..oauth import ASSERTION_TYPE, exchange, read_secret
+from ..profile import Profile
 from ..token import TokenResult
 from . import FlowContext
 from ._workload_env import ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID
 
-__all__ = ["acquire"]
+__all__ = ["acquire", "available"]
 
 
 def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
@@ -64,6 +66,21 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     return (yield from exchange(ctx, form, authenticate=False))
 
 
+def available(profile: Profile) -> Optional[str]:
+    """``None`` when the profile has its tenant, client id and federated token (a token file
+    that exists; another kind of assertion answers for itself), else why not."""
+    for key, variable in (("tenant", ENV_TENANT_ID), ("client_id", ENV_CLIENT_ID)):
+        if not getattr(profile, key):
+            return f"no {key}: ${variable} is not set"
+    source = profile.client_assertion
+    if source is None:
+        return f"no federated token: ${ENV_FEDERATED_TOKEN_FILE} is not set"
+    if source.kind == "file" and not os.path.isfile(source.ref):
+        where = f" (${ENV_FEDERATED_TOKEN_FILE})" if source.key == ENV_FEDERATED_TOKEN_FILE else ""
+        return f"the federated token file {source.ref}{where} does not exist"
+    return None
+
+
 # The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to
 # know about this flow.
 from ..schema import COMMON, FlowSpec  # noqa: E402 - kept next to the entry it declares
@@ -76,4 +93,5 @@ FLOW = FlowSpec(
     credential="optional",
     prepare=prepare,
     summary="a federated token the platform hands the workload (Kubernetes)",
+    available=available,
 )
