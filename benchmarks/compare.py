@@ -4,7 +4,7 @@ Authlib, each doing what it can of the common task (client credentials with a se
 Run: ``python benchmarks/compare.py`` (a few minutes; ``--quick`` for a rough smoke run,
 ``--libs authlayer,MSAL`` to choose columns, ``--no-doc`` to leave docs/performance.md alone).
 The peers come from the ``bench`` extra (``pip install -e '.[bench]'``); one that is not
-installed is skipped and named. It prints one table (medians, min–max in brackets) and writes
+installed is skipped and named. It prints one table (medians, with the range in brackets) and writes
 it, with the machine, the versions and the method, into docs/performance.md between markers,
 so that a re-run replaces its own section and nothing else.
 
@@ -86,9 +86,16 @@ class Sizes:
     task_latency: float
 
 
-FULL = Sizes(15, 0.02, 3, 10_000, 2_000, 11, 0.05, 0.2)
+FULL = Sizes(15, 0.02, 3, 2_000, 1_000, 11, 0.05, 0.2)  # --tenants 10000: ~10 min
 QUICK = Sizes(3, 0.005, 1, 200, 100, 3, 0.05, 0.2)
 THREADS, TASKS = 64, 1_000
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or hidden
+        return False
 
 
 class NotApplicable(Exception):
@@ -96,6 +103,9 @@ class NotApplicable(Exception):
 
 
 # --- numbers -----------------------------------------------------------------------------------
+
+
+TIMES, DASH = "\u00d7", "\u2013"  # the multiplication sign and the en dash, for the table
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,7 @@ class Stat:
         lo, hi = min(self.values), max(self.values)
         if len(self.values) == 1 or fmt(lo) == fmt(hi):
             return f"{fmt(self.median)}{unit}"
-        return f"{fmt(self.median)}{unit} ({fmt(lo)}–{fmt(hi)})"
+        return f"{fmt(self.median)}{unit} ({fmt(lo)}{DASH}{fmt(hi)})"
 
 
 def sig(x: float) -> str:
@@ -390,7 +400,7 @@ class AzureIdentity(Peer):
         return lambda: cred.get_token(SCOPE)
 
     async def tasks_cold(self, ready: Callable[[], None]) -> None:
-        if importlib.util.find_spec("aiohttp") is None:
+        if not installed("aiohttp"):
             raise NotApplicable("its async credentials need aiohttp, not installed")
         from azure.identity.aio import ClientSecretCredential
 
@@ -565,8 +575,8 @@ PEERS: dict[str, type[Peer]] = {
 
 ROWS = {
     "cached": "cached token, CPU per call",
-    "httpx": "`httpx.Client` request, × static header",
-    "requests": "`requests.Session` request, × static header",
+    "httpx": f"`httpx.Client` request, {TIMES} static header",
+    "requests": f"`requests.Session` request, {TIMES} static header",
     "threads": f"{THREADS} threads, cold cache: token requests",
     "tasks": f"{TASKS:,} asyncio tasks, cold cache: token requests",
     "tenants": "cached token, many tenants ÷ one",
@@ -578,25 +588,35 @@ LOWER_IS_BETTER = set(ROWS)
 
 # Why a peer can be ahead of authlayer on a row: printed under the table when one is.
 WHY = {
-    "cached": "it reads a token it already holds with less work per call: no profile or "
-              "tenant resolution, only the token object's expiry check.",
-    "httpx": "the whole request is a few hundred µs; differences of a few µs are within the "
-             "run-to-run noise of this shared VM.",
-    "requests": "the whole request is a few hundred µs; differences of a few µs are within "
-                "the run-to-run noise of this shared VM.",
-    "tenants": "its per-tenant objects are separate and its lookup does not grow; a ratio "
-               "near 1 for both is the goal, and the difference is within the noise.",
-    "memory": "it keeps less per token: authlayer also keeps the ready `Bearer …` header "
-              "string (as large as the token) so the hot path only sets it.",
-    "import": "authlayer's import is lazy, but its `EntraAuth` import still loads the "
-              "library's own modules; a smaller library loads less.",
+    "cached": "Authlib's figure is `token.is_expired()` on a token object the caller already "
+              "holds; authlayer's `get_token` first finds the token by the call's own "
+              "arguments (profile, config, overrides) in a memo dict: the price of asking by "
+              "name, a fraction of a microsecond.",
+    "httpx": "the whole request costs a hundred µs or more and varies by several percent from "
+             "block to block on this shared VM: differences this small are within that noise "
+             "(see the ranges).",
+    "requests": "the whole request costs a few hundred µs and varies by several percent from "
+                "block to block on this shared VM: differences this small are within that "
+                "noise (see the ranges).",
+    "tenants": "the ratio compares each library with itself. authlayer's cached call is 5 to "
+               "50 times cheaper than the others', so the few memory reads that miss the "
+               "processor's caches once thousands of entries outgrow them weigh more in its "
+               "ratio; in µs per call (after the ratio) its many-tenant call stays the "
+               "cheapest.",
+    "memory": "httpx-auth and requests-auth keep a (token, expiry) tuple in one dict; "
+              "authlayer keeps, per tenant, an entry holding the token and its ready "
+              "`Bearer …` header (the token's size again, so that the hot path only sets a "
+              "header), the tenant's binding and the call memo.",
+    "import": "`from authlayer import EntraAuth` imports httpx, as httpx-auth does, plus "
+              "authlayer's own modules (the provider, the profile schema and its frozen "
+              "dataclasses: see Start-up above).",
 }
 
 
 @dataclass
 class Cell:
     stat: Optional[Stat] = None
-    text: str = ""  # when there is no number: "n/a", "failed", "no CLI"
+    text: str = ""  # when there is no number: "n/a", "failed", "no CLI"; else shown after it
 
 
 Table = dict[str, dict[str, Cell]]
@@ -738,16 +758,21 @@ def tenant_rows(peer: Peer, name: str, remote: Remote, sizes: Sizes, table: Tabl
 
     one = calls[0]
 
+    costs: list[float] = []
+
     def cost() -> Stat:
         out = []
         n_one = calibrate(one, sizes.block_seconds)
         rounds = max(1, round(n_one / len(calls)))  # whole cycles, about a block's worth
         for _ in range(sizes.blocks):
             many = per_call(cycle, rounds) / len(calls)
+            costs.append(many)
             out.append(many / per_call(one, n_one))
         return Stat(tuple(out))
 
     attempt(table, "tenants", name, notes, cost)
+    if costs:  # the ratio compares a library with itself: the absolute cost goes with it
+        table["tenants"][name].text = f"; {sig(statistics.median(costs) * 1e6)} µs"
 
 
 def startup_rows(world: World, libs: list[str], sizes: Sizes, table: Table,
@@ -797,16 +822,18 @@ def show(row: str, cell: Cell, bare_ms: float) -> str:
     if cell.stat is None:
         return cell.text
     s = cell.stat
+    if row == "tenants":
+        return s.show(lambda x: f"{x:.2f}", TIMES) + cell.text
     if row == "cached":
         return s.show(sig, " µs")
     if row in ("httpx", "requests", "tenants"):
-        return s.show(lambda x: f"{x:.2f}", "×")
+        return s.show(lambda x: f"{x:.2f}", TIMES)
     if row in ("threads", "tasks"):
         return s.show(lambda x: f"{x:g}")
     if row == "memory":
         return s.show(lambda x: f"{x:.1f}", " MB")
     if row == "cli":
-        return s.show(sig, " ms") + f" = {s.median / bare_ms:.1f}× bare start"
+        return s.show(sig, " ms") + f" = {s.median / bare_ms:.1f}{TIMES} bare start"
     return s.show(sig, " ms")
 
 
@@ -878,9 +905,11 @@ def section(table_md: str, libs: list[str], skipped: list[str], notes: dict[str,
         "```sh",
         ".venv/bin/pip install -e '.[bench]'",
         ".venv/bin/python benchmarks/compare.py            # a few minutes; rewrites this section",
+        ".venv/bin/python benchmarks/compare.py --tenants 10000  # 10,000 tenants: ~10 min",
         ".venv/bin/python benchmarks/compare.py --quick    # a rough smoke run",
         "```",
         "",
+        f"This run: `{' '.join(['benchmarks/compare.py', *sys.argv[1:]])}`. "
         f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}; a VM shared with other work, so read the "
         "ratios, not the absolute times."
@@ -889,7 +918,7 @@ def section(table_md: str, libs: list[str], skipped: list[str], notes: dict[str,
         f"Versions: {versions}; {deps}."
         + (f" Not installed, so skipped: {', '.join(skipped)}." if skipped else ""),
         "",
-        "Medians, with min–max over the runs in brackets. Lower is better on every row.",
+        f"Medians, with min{DASH}max over the runs in brackets. Lower is better on every row.",
         "",
         table_md,
         "",
@@ -971,7 +1000,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unknown:
         parser.error(f"unknown library {', '.join(unknown)}; choose from {', '.join(known)}")
     by_name = {lib.name: lib for lib in LIBS}
-    libs = [n for n in wanted if importlib.util.find_spec(by_name[n].module) is not None]
+    libs = [n for n in wanted if installed(by_name[n].module)]
     skipped = [n for n in wanted if n not in libs]
     if "authlayer" not in libs:
         parser.error("authlayer must be one of the columns")
@@ -979,8 +1008,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "all_proxy"):
         os.environ.pop(name, None)  # loopback only, never through a proxy
 
+    started = time.monotonic()
+
     def log(msg: str) -> None:
-        print(f"... {msg}", file=sys.stderr, flush=True)
+        print(f"... {time.monotonic() - started:5.0f} s  {msg}", file=sys.stderr, flush=True)
 
     if skipped:
         print(f"skipped (not installed): {', '.join(skipped)}")
