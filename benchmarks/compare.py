@@ -592,13 +592,13 @@ WHY = {
               "holds; authlayer's `get_token` first finds the token by the call's own "
               "arguments (profile, config, overrides) in a memo dict: the price of asking by "
               "name, a fraction of a microsecond.",
-    "httpx": "the whole request costs a hundred µs or more and varies by several percent from "
+    "httpx": "The whole request costs a hundred µs or more and varies by several percent from "
              "block to block on this shared VM: differences this small are within that noise "
              "(see the ranges).",
-    "requests": "the whole request costs a few hundred µs and varies by several percent from "
+    "requests": "The whole request costs a few hundred µs and varies by several percent from "
                 "block to block on this shared VM: differences this small are within that "
                 "noise (see the ranges).",
-    "tenants": "the ratio compares each library with itself. authlayer's cached call is 5 to "
+    "tenants": "The ratio compares each library with itself. authlayer's cached call is 5 to "
                "50 times cheaper than the others', so the few memory reads that miss the "
                "processor's caches once thousands of entries outgrow them weigh more in its "
                "ratio; in µs per call (after the ratio) its many-tenant call stays the "
@@ -959,12 +959,13 @@ def section(table_md: str, libs: list[str], skipped: list[str], notes: dict[str,
         "`get_token(tenant=...)`; azure-identity: one credential, `get_token(tenant_id=...)`; "
         "MSAL: one application object per tenant sharing one `TokenCache`; httpx-auth and "
         "requests-auth: one auth object per tenant). Then, in alternating blocks, a cycle over "
-        "all tenants against the same call for one tenant: the ratio per call.",
+        "all tenants against the same call for one tenant: the ratio per call, and after it "
+        "the many-tenant call's own CPU time.",
         f"- **Memory**: what `tracemalloc` sees grow in this process while the first "
         f"{sizes.traced:,} of those tenants' tokens are fetched (everything the library keeps "
         "per tenant: the token, its entry, any per-tenant object the library needs), scaled to "
         "10,000. The emulator runs in the child, so its allocations are not counted. The "
-        "tokens are the emulator's (about 1.2 kB each), the same for every library.",
+        "tokens are the emulator's, the same for every library.",
         f"- **Start-up**: the median wall time of {sizes.runs} fresh processes per command, "
         f"run round-robin with a bare `python -c pass` ({bare} here), with bytecode compiled "
         "once beforehand. `authlayer token` reads a warm `cache = \"file\"` token cache and "
