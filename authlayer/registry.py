@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import threading
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
@@ -175,15 +174,11 @@ def _names(group: str) -> dict[str, EntryPoint]:
     found = _entry_points.get(group)
     if found is not None:
         return found
-    from importlib.metadata import entry_points
+    from ._entrypoints import listed
 
-    if sys.version_info >= (3, 10):
-        listed = list(entry_points(group=group))
-    else:  # pragma: no cover - Python 3.9's entry_points() is a dict of groups
-        listed = list(entry_points().get(group, ()))
     builtin = BUILTIN_FLOWS if group == FLOW_GROUP else (*BUILTIN_SECRET_SOURCES, "value")
     found = {}
-    for ep in listed:
+    for ep in listed(group):
         if ep.name in builtin:
             if (group, ep.name) not in _warned:
                 _warned.add((group, ep.name))
@@ -197,11 +192,9 @@ def _names(group: str) -> dict[str, EntryPoint]:
 
 
 def _package(ep: EntryPoint) -> str:
-    """The package and version an entry point comes from, for messages."""
-    dist = getattr(ep, "dist", None)
-    if dist is None:
-        return f"entry point {ep.value}"
-    return f"package {dist.metadata['Name']} {dist.version}"
+    from ._entrypoints import package
+
+    return package(ep)
 
 
 def _plugin(group: str, name: str, wrap: Callable[[str, Any, EntryPoint], Any]) -> Any:

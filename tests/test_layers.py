@@ -34,7 +34,8 @@ LAYERS: dict[str, int] = {
     "authlayer.emulator": 1,  # a tool beside the library: it needs only values (jwt, hosts)
     **dict.fromkeys(("authlayer.schema", "authlayer.profile", "authlayer.token",
                      "authlayer.errors", "authlayer.hosts", "authlayer.jwt",
-                     "authlayer.certificate", "authlayer._version", "authlayer._fileperms"), 0),
+                     "authlayer.certificate", "authlayer._version", "authlayer._fileperms",
+                     "authlayer._entrypoints"), 0),
 }
 
 # (importer, imported): why this import may go up.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -220,14 +219,10 @@ def _store_entry_points() -> dict[str, EntryPoint]:
     global _entry_points
     found = _entry_points
     if found is None:
-        from importlib.metadata import entry_points
+        from .._entrypoints import listed
 
-        if sys.version_info >= (3, 10):
-            listed = list(entry_points(group=STORE_GROUP))
-        else:  # pragma: no cover - Python 3.9's entry_points() is a dict of groups
-            listed = list(entry_points().get(STORE_GROUP, ()))
         found = {}
-        for ep in listed:
+        for ep in listed(STORE_GROUP):
             if ep.name not in (*BUILTIN_CACHES, "redis") and "://" not in ep.name:
                 found.setdefault(ep.name, ep)
         _entry_points = found
