@@ -35,7 +35,7 @@ from ._keys import (
 from ._layers import _File, _load_file, _lock
 
 __all__ = ["INHERITED", "MAX_EXTENDS_DEPTH", "load_member", "load_profile", "load_profiles",
-           "profile_names"]
+           "member_of", "profile_names"]
 
 # Built profiles remembered per file; more distinct scope/tenant overrides than this start over.
 _MEMO_LIMIT = 256
@@ -152,7 +152,7 @@ class _Builder:
     # -- the whole profile ----------------------------------------------------------------
 
     def build(self, scope: Any, tenant: Any,
-              inherit: Optional[tuple[str, dict[str, Value]]] = None) -> Profile:
+              inherit: Optional[tuple[str, dict[str, Any]]] = None) -> Profile:
         """The profile; ``inherit`` is ``(chain, values)`` for a member of that chain: the
         chain's values it takes where it sets none of its own (``[defaults]`` does not count),
         and a ``tenant=`` override that applies only if its flow takes a tenant."""
@@ -162,7 +162,7 @@ class _Builder:
             via, values = inherit
             for key, value in values.items():
                 if spec.takes(key) and (key not in v or v[key].origin == DEFAULTS_ORIGIN):
-                    v.set(key, value.value, f"inherited from chain {via!r}")
+                    v.set(key, value, f"inherited from chain {via!r}")
         if scope is not None:
             v.set("scope", scope, "from the scope= argument")
         # A chain passes a tenant= override on to its member; a member whose flow chooses no
@@ -192,10 +192,15 @@ class _Builder:
             self.check_members(fields["chain"])
             fields.setdefault("scopes", ())  # then each member sets its own
         if "scopes" not in fields:
+            chains = [n for n in self.file.profiles
+                      if self.name in _raw(self.file, n, "chain")
+                      and _raw(self.file, n, "flow") == "chain"]
             raise self.error(
                 "scope",
                 "scope is missing: set the scopes to ask for, like "
-                'scope = "https://graph.microsoft.com/.default"',
+                'scope = "https://graph.microsoft.com/.default"'
+                + (f" (through chain {chains[0]!r} it takes the chain's: use the chain, or set "
+                   "scope here too)" if chains and inherit is None else ""),
                 "",
             )
         if fields.get("tenant") is None:
@@ -331,11 +336,12 @@ def _listed(words: Sequence[str]) -> str:
 INHERITED = ("scope", "allowed_hosts", "cae", "additionally_allowed_tenants")
 
 
-def _profile(file: _File, name: str, scope: Any, tenant: Any, via: Optional[str] = None,
-             ) -> Profile:
+def _profile(file: _File, name: str, scope: Any, tenant: Any,
+             inherit: Optional[tuple[str, dict[str, Any]]] = None) -> Profile:
     if isinstance(scope, (list, tuple)):
         scope = tuple(scope)
-    memo: Any = (name, scope, tenant, via)
+    memo: Any = (name, scope, tenant,
+                 None if inherit is None else (inherit[0], tuple(sorted(inherit[1].items()))))
     try:
         hash(memo)
     except TypeError:
@@ -347,12 +353,6 @@ def _profile(file: _File, name: str, scope: Any, tenant: Any, via: Optional[str]
         if hit is not None and all(os.environ.get(n) == v for n, v in hit[1]):
             return hit[0]
     builder = _Builder(file, name)
-    inherit = None
-    if via is not None:
-        head = _Builder(file, via)
-        head.merge(head.chain())
-        inherit = (via, {k: head.values[k] for k in INHERITED
-                         if k in head.values and head.values[k].origin != DEFAULTS_ORIGIN})
     profile = builder.build(scope, tenant, inherit)
     if memo is not None:
         with _lock:
@@ -414,6 +414,16 @@ def with_tenant(profile: Profile, tenant: Any) -> Optional[Profile]:
     return replace(profile, tenant=tenant if checked == tenant else checked)  # share the string
 
 
+def member_of(name: str, config: Optional[PathArg] = None) -> Optional[Profile]:
+    """The first chain of the file that names profile ``name``, loaded; ``None`` if none does
+    (``authlayer profiles`` shows a member as its chain gives it)."""
+    file = _load_file(config)
+    for chain in file.profiles:
+        if name in _raw(file, chain, "chain") and _raw(file, chain, "flow") == "chain":
+            return _profile(file, chain, None, None)
+    return None
+
+
 def load_member(chain: Profile, name: str, *, scope: Union[str, Sequence[str], None] = None,
                 tenant: Optional[str] = None) -> Profile:
     """Member ``name`` of ``chain`` (a profile of flow ``chain``), from the chain's file: the
@@ -424,7 +434,18 @@ def load_member(chain: Profile, name: str, *, scope: Union[str, Sequence[str], N
     if name not in file.profiles:  # the file changed since the chain was loaded
         raise ConfigError(f"chain names profile {name!r}, but the file has no such profile",
                           path=file.path, profile=chain.name, key="chain")
-    return _profile(file, name, scope, tenant, chain.name)
+    # What the chain has (its own, inherited from a chain above it, or [defaults]), as
+    # written; a member's [defaults] values give way to it.
+    inherit: dict[str, Any] = {}
+    if chain.scopes:
+        inherit["scope"] = chain.scopes
+    if chain.allowed_hosts is not None:
+        inherit["allowed_hosts"] = chain.allowed_hosts
+    if chain.cae:
+        inherit["cae"] = True
+    if chain.additionally_allowed_tenants:
+        inherit["additionally_allowed_tenants"] = chain.additionally_allowed_tenants
+    return _profile(file, name, scope, tenant, (chain.name, inherit))
 
 
 def load_profiles(config: Optional[PathArg] = None) -> dict[str, Profile]:
