@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
-from . import registry
-from .config import load_member, load_profile
+from . import config, registry
 from .config._keys import Values, parse_values
 from .errors import ConfigError, TokenError
 from .flows._workload_env import ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID
@@ -124,12 +123,13 @@ def forget() -> None:
         _chosen.clear()
 
 
-def resolve(name: Optional[str], *, config: Any = None, scope: Any = None,
+def resolve(name: Optional[str], *, path: Any = None, scope: Any = None,
             tenant: Optional[str] = None) -> tuple[Profile, Optional[Choice]]:
-    """The profile ``name`` with the call's overrides — or, for a chain, the member to use and
+    """The profile ``name`` of the profiles file ``path`` (as ``config=`` chooses it) with the
+    call's overrides — or, for a chain, the member to use and
     how it was chosen. Raises :class:`ConfigError`, or :class:`ChainUnavailable` (a
     :class:`TokenError`) when no member is available here."""
-    head = load_profile(name, config=config, scope=scope, tenant=tenant)
+    head = config.load_profile(name, config=path, scope=scope, tenant=tenant)
     if registry.flow(head.flow).stands_for is None:
         return head, None
     return choose(head, scope=scope, tenant=tenant)
@@ -186,7 +186,7 @@ def choose(head: Profile, *, scope: Any = None, tenant: Optional[str] = None,
 
 def _chain_members(head: Profile, scope: Any, tenant: Optional[str]) -> list[tuple[str, Loader]]:
     def loader(name: str) -> Loader:
-        return lambda: load_member(head, name, scope=scope, tenant=tenant)
+        return lambda: config.load_member(head, name, scope=scope, tenant=tenant)
 
     return [(name, loader(name)) for name in head.chain]
 

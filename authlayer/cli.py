@@ -176,7 +176,7 @@ def _chain_summary(name: str, config: Any) -> tuple[str, tuple[tuple[str, str], 
     from .chains import ChainUnavailable, resolve
 
     try:
-        _member, choice = resolve(name, config=config)
+        _member, choice = resolve(name, path=config)
     except ChainUnavailable as exc:
         return f"{_flow_of(name, config)}: no member available", exc.skipped
     assert choice is not None

@@ -36,18 +36,20 @@ import weakref
 from collections.abc import Generator, Hashable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 
-from . import chains, registry
+from . import registry
 from ._http import Action, Call, run_async, run_sync
 from ._singleflight import SingleFlight
-from .chains import Choice
 from .errors import AuthLayerError
 from .flows import FlowContext, default_prompt
 from .hosts import HostPolicy
 from .profile import Profile
 from .store import MemoryStore, TokenStore, fleet_lock, lead_or_wait
 from .token import AccessToken, TokenResult
+
+if TYPE_CHECKING:
+    from .chains import Choice
 
 __all__ = ["FORCED", "LOGIN", "PLAIN", "POLICY", "PROVIDER", "Binding", "CachedToken", "Forget",
            "Need", "Policy", "Provider", "Want", "after_401", "for_claims", "get_token",
@@ -431,7 +433,7 @@ class Provider:
         if binding is None:
             # A chain comes back as its member: the member's key, flights and cooldowns serve
             # it, exactly as they serve the member used by its own name.
-            loaded, via = resolve(profile, config=config, scope=scope, tenant=tenant)
+            loaded, via = resolve(profile, path=config, scope=scope, tenant=tenant)
             binding = Binding.make(loaded, user_assertion, via)
             binding = binding._replace(slot=self._slot(binding.key))
             self._watch(loaded.config_path)
@@ -772,7 +774,7 @@ class Provider:
             _flight_key(key), lambda: run_sync(self._lead(binding, key, need, prompt, discard)),
             **self._flight(key, need))
         if binding.via is not None:
-            chains.remember(binding.via)
+            _remember(binding.via)
         return self._fetched(key, entry) if POLICY[need.want].refusals else entry
 
     async def get_async(self, binding: Binding, need: Need = PLAIN, *,
@@ -785,7 +787,7 @@ class Provider:
             _flight_key(key), lambda: run_async(self._lead(binding, key, need, prompt, discard)),
             **self._flight(key, need))
         if binding.via is not None:
-            chains.remember(binding.via)
+            _remember(binding.via)
         return self._fetched(key, entry) if POLICY[need.want].refusals else entry
 
     def _prepare(self, binding: Binding, need: Need,
@@ -961,10 +963,19 @@ class Provider:
             self._memory_store = MemoryStore()
             self._sweep_above = SWEEP_ABOVE
             self.recheck_at = 0.0
-        chains.forget()
+        chains = sys.modules.get("authlayer.chains")  # the chains' remembered members
+        if chains is not None:
+            chains.forget()
         stores = sys.modules.get("authlayer.stores")  # shared stores keep a copy in memory
         if stores is not None:
             stores.forget_stores()
+
+
+def _remember(choice: Choice) -> None:
+    """A chain's member gave a token: the chain goes straight to it from now on."""
+    from .chains import remember
+
+    remember(choice)
 
 
 def _flight_key(key: TokenKey) -> Hashable:
