@@ -114,7 +114,7 @@ def _when(timestamp: Any) -> str:
 
 
 def _cmd_profiles(args: argparse.Namespace) -> int:
-    from .config import config_path, load_profile, profile_names
+    from .config import config_path, profile_names
 
     names = profile_names(args.config)
     if not names:
@@ -122,21 +122,71 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [("PROFILE", "FLOW", "TENANT", "CLIENT ID", "SCOPE")]
     broken: list[ConfigError] = []
+    skipped: list[str] = []
     for name in names:
         try:
-            p = load_profile(name, config=args.config)
+            p = _listed_profile(name, args.config)
+            flow = p.flow
+            if _stands_for(p):
+                flow, why = _chain_summary(name, args.config)
+                skipped += [f"{name}: skipped {member!r}: {reason}" for member, reason in why]
         except ConfigError as exc:
             broken.append(exc)
             rows.append((name, "(invalid: see below)", "-", "-", "-"))
             continue
-        rows.append((name, p.flow, p.tenant or "-", p.client_id or "-", p.scope))
+        rows.append((name, flow, p.tenant or "-", p.client_id or "-", p.scope or "-"))
     shown = [[_printable(cell) for cell in row] for row in rows]
     widths = [max(len(r[i]) for r in shown) for i in range(4)]
     for row in shown:
         out("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+    if skipped:
+        out()
+        for line in skipped:
+            out(_printable(line))
     for error in broken:
         _err(f"authlayer: {_message(error)}")
     return EXIT_USAGE if broken else EXIT_OK
+
+
+def _listed_profile(name: str, config: Any) -> Profile:
+    """Profile ``name`` for ``authlayer profiles``: a chain's member that sets no scope of its
+    own is shown as its chain gives it (it is valid there)."""
+    from .config import load_member, load_profile, member_of
+
+    try:
+        return load_profile(name, config=config)
+    except ConfigError as exc:
+        chain = member_of(name, config) if exc.key == "scope" else None
+        if chain is None:
+            raise
+        return load_member(chain, name)
+
+
+def _stands_for(profile: Profile) -> bool:
+    """Whether the profile is a chain (flow ``chain`` or ``auto``)."""
+    from . import registry
+
+    return registry.flow(profile.flow).stands_for is not None
+
+
+def _chain_summary(name: str, config: Any) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``authlayer profiles``' flow cell for a chain — the member it would use here — and the
+    members skipped, with why. Looks at the environment as a token request would (it may probe
+    for a managed identity, for about a second); asks for no token."""
+    from .chains import ChainUnavailable, resolve
+
+    try:
+        _member, choice = resolve(name, path=config)
+    except ChainUnavailable as exc:
+        return f"{_flow_of(name, config)}: no member available", exc.skipped
+    assert choice is not None
+    return f"{choice.flow}: uses {choice.describe()}", choice.skipped
+
+
+def _flow_of(name: str, config: Any) -> str:
+    from .config import load_profile
+
+    return load_profile(name, config=config).flow
 
 
 def _bind(args: argparse.Namespace) -> Any:
@@ -187,8 +237,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     binding = _bind(args)
     profile = binding.profile
-    out(f"profile {_printable(repr(profile.name))}: flow {profile.flow}, "
-         "configuration is valid")
+    via = binding.via
+    if via is not None:  # a chain: say so, then show the member it uses
+        out(f"profile {_printable(repr(via.chain))}: flow {via.flow}, configuration is valid; "
+            f"it uses {_printable(via.describe())} here (profile "
+            f"{_printable(repr(profile.name))}, flow {profile.flow})")
+    else:
+        out(f"profile {_printable(repr(profile.name))}: flow {profile.flow}, "
+            "configuration is valid")
     for label, value in _profile_rows(profile):
         out(f"  {label:<14} {_printable(value)}")
     entry = PROVIDER.get(binding, PLAIN.but(interactive=not args.no_prompt))
@@ -263,9 +319,16 @@ def _chain_rows(binding: Any) -> list[tuple[str, str]]:
     (``flow = "chain"`` or ``"auto"``, CONTRACT §8): the member used and why the ones before it
     were skipped.
 
-    The hook for chains: none exist yet, so there is nothing to add. When they do, this returns
-    ``[("chain member", NAME), ("skipped", "NAME: why"), ...]`` from the provider's choice."""
-    return []
+    Empty for any other profile."""
+    via = getattr(binding, "via", None)
+    if via is None:
+        return []
+    rows = [("chain member", via.describe()
+             + (" (it gave a token before, in this process)" if via.remembered else ""))]
+    while via is not None:
+        rows += [("skipped", f"{member}: {why}") for member, why in via.skipped]
+        via = via.inner
+    return rows
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:

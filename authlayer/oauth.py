@@ -108,11 +108,13 @@ def client_auth(profile: Profile, audience: str) -> Flow[Form]:
     return {}
 
 
-def claims_request(claims: Optional[str]) -> Optional[str]:
+def claims_request(claims: Optional[str], cae: bool = False) -> Optional[str]:
     """``claims`` (JSON text) with our client capabilities merged into its ``access_token``
-    part; text that is not a JSON object is sent as it came."""
+    part; text that is not a JSON object is sent as it came. Without claims: the client
+    capabilities alone when ``cae`` (the profile's ``cae = true``: Entra then issues CAE
+    tokens), else nothing."""
     if not claims:
-        return None
+        return json.dumps(CLIENT_CAPABILITIES, separators=(",", ":")) if cae else None
     try:
         parsed = json.loads(claims)
     except (ValueError, RecursionError):
@@ -145,7 +147,7 @@ def exchange(
     :class:`~authlayer.errors.TokenError`."""
     profile = ctx.profile
     url = ctx.token_url(tenant)
-    claims = claims_request(ctx.claims)
+    claims = claims_request(ctx.claims, ctx.profile.cae)
 
     def build() -> Flow[HttpRequest]:
         # Called for every attempt: a retried request gets a new assertion (a fresh jti).
@@ -193,7 +195,7 @@ def post(ctx: FlowContext, url: str, form: Mapping[str, str], *, what: str
     Entra's error."""
     profile = ctx.profile
     fields = dict(form)
-    claims = claims_request(ctx.claims)
+    claims = claims_request(ctx.claims, ctx.profile.cae)
     if claims:
         fields["claims"] = claims
     request = HttpRequest("POST", url, form=fields, timeout=profile.timeout, what=what)

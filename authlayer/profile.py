@@ -278,6 +278,12 @@ class Profile:
     object_id: Optional[str] = None
     resource_id: Optional[str] = None
     azure_config_dir: Optional[str] = None
+    # flow "chain": the member profiles' names, in order
+    chain: tuple[str, ...] = ()
+    # send the client capabilities (xms_cc: cp1) with every token request: CAE tokens
+    cae: bool = False
+    # tenants an Azure SDK's tenant_id may switch to ("*": any), lower-cased
+    additionally_allowed_tenants: tuple[str, ...] = ()
     allowed_hosts: Optional[tuple[str, ...]] = None
     # "memory", "file", or a shared store (Redis, a plugin's): authlayer.stores.StoreConfig
     cache: Union[str, StoreConfig] = "memory"

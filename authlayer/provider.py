@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Generator, Hashable, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 
 from . import registry
 from ._http import Action, Call, run_async, run_sync
@@ -47,6 +47,9 @@ from .hosts import HostPolicy
 from .profile import Profile
 from .store import MemoryStore, TokenStore, fleet_lock, lead_or_wait
 from .token import AccessToken, TokenResult
+
+if TYPE_CHECKING:
+    from .chains import Choice
 
 __all__ = ["FORCED", "LOGIN", "PLAIN", "POLICY", "PROVIDER", "Binding", "CachedToken", "Forget",
            "Need", "Policy", "Provider", "Want", "after_401", "for_claims", "get_token",
@@ -258,9 +261,13 @@ class Binding(NamedTuple):
     user_assertion: Optional[str]
     tenant: Optional[str]
     slot: _Slot
+    # For a chain (flow chain or auto): which member ``base`` is, and why (authlayer.chains).
+    via: Optional[Choice] = None
 
     def __repr__(self) -> str:
         extra = f", tenant={self.tenant!r}" if self.tenant is not None else ""
+        if self.via is not None:
+            extra += f", chain={self.via.chain!r}"
         return f"Binding(profile={self.base.name!r}{extra})"
 
     @property
@@ -287,9 +294,10 @@ class Binding(NamedTuple):
         return self.base.hosts  # a tenant override does not change where the token may go
 
     @classmethod
-    def make(cls, profile: Profile, user_assertion: Optional[str] = None) -> Binding:
+    def make(cls, profile: Profile, user_assertion: Optional[str] = None,
+             via: Optional[Choice] = None) -> Binding:
         return cls(profile, cls.key_for(profile, user_assertion), user_assertion or None, None,
-                   _Slot())
+                   _Slot(), via)
 
     @staticmethod
     def key_for(profile: Profile, user_assertion: Optional[str] = None) -> TokenKey:
@@ -310,6 +318,10 @@ class Binding(NamedTuple):
             who.append("obo:" + _digest(user_assertion))
         if spec.identity is not None:
             who.append(str(spec.identity(profile)))  # e.g. the Azure CLI's signed-in account
+        if profile.cae:
+            # CAE tokens (asked with the client capabilities) never share a non-CAE entry;
+            # non-CAE keys keep the form they always had.
+            who.append("cae")
         account = AccountKey(profile.flow, profile.authority, profile.tenant or "",
                              profile.client_id or "", profile.credential_identity, tuple(who))
         return TokenKey(account, tuple(sorted(profile.scopes)))
@@ -405,7 +417,8 @@ class Provider:
 
     def _make(self, args: tuple[Any, ...], profile: Optional[str], config: PathArg,
               scope: ScopeArg, tenant: Optional[str], user_assertion: Optional[str]) -> Binding:
-        from .config import load_profile, with_tenant
+        from .chains import resolve
+        from .config import with_tenant
 
         binding: Optional[Binding] = None
         if tenant is not None:
@@ -415,10 +428,13 @@ class Provider:
             if derived is not None:
                 key = Binding.key_for(derived, user_assertion)
                 binding = base if key == base.key else Binding(
-                    base.base, key, base.user_assertion, derived.tenant, self._slot(key))
+                    base.base, key, base.user_assertion, derived.tenant, self._slot(key),
+                    base.via)
         if binding is None:
-            loaded = load_profile(profile, config=config, scope=scope, tenant=tenant)
-            binding = Binding.make(loaded, user_assertion)
+            # A chain comes back as its member: the member's key, flights and cooldowns serve
+            # it, exactly as they serve the member used by its own name.
+            loaded, via = resolve(profile, path=config, scope=scope, tenant=tenant)
+            binding = Binding.make(loaded, user_assertion, via)
             binding = binding._replace(slot=self._slot(binding.key))
             self._watch(loaded.config_path)
         with self._guard:
@@ -426,6 +442,24 @@ class Provider:
                 self._bindings.pop(next(iter(self._bindings)), None)
             self._bindings[args] = binding
         return binding
+
+    def with_cae(self, binding: Binding) -> Binding:
+        """``binding`` asking for CAE tokens (an Azure SDK's ``enable_cae``): its profile with
+        ``cae = true``, under its own key. A flow that takes no ``cae`` (managed identity, the
+        developer tools) is left as it is."""
+        profile = binding.base
+        if profile.cae or not registry.flow(profile.flow).takes("cae"):
+            return binding
+        args = ("cae", binding.key, binding.user_assertion)
+        found = self._bindings.get(args)
+        if found is None:
+            cae = replace(profile, cae=True)
+            key = Binding.key_for(replace(binding.profile, cae=True), binding.user_assertion)
+            found = Binding(cae, key, binding.user_assertion, binding.tenant, self._slot(key),
+                            binding.via)
+            with self._guard:
+                self._bindings[args] = found
+        return found
 
     def _slot(self, key: TokenKey) -> _Slot:
         """The key's one slot (every binding of the key shares it)."""
@@ -739,6 +773,8 @@ class Provider:
         entry = self._flights.run(
             _flight_key(key), lambda: run_sync(self._lead(binding, key, need, prompt, discard)),
             **self._flight(key, need))
+        if binding.via is not None:
+            _remember(binding.via)
         return self._fetched(key, entry) if POLICY[need.want].refusals else entry
 
     async def get_async(self, binding: Binding, need: Need = PLAIN, *,
@@ -750,6 +786,8 @@ class Provider:
         entry = await self._flights.run_async(
             _flight_key(key), lambda: run_async(self._lead(binding, key, need, prompt, discard)),
             **self._flight(key, need))
+        if binding.via is not None:
+            _remember(binding.via)
         return self._fetched(key, entry) if POLICY[need.want].refusals else entry
 
     def _prepare(self, binding: Binding, need: Need,
@@ -925,9 +963,19 @@ class Provider:
             self._memory_store = MemoryStore()
             self._sweep_above = SWEEP_ABOVE
             self.recheck_at = 0.0
+        chains = sys.modules.get("authlayer.chains")  # the chains' remembered members
+        if chains is not None:
+            chains.forget()
         stores = sys.modules.get("authlayer.stores")  # shared stores keep a copy in memory
         if stores is not None:
             stores.forget_stores()
+
+
+def _remember(choice: Choice) -> None:
+    """A chain's member gave a token: the chain goes straight to it from now on."""
+    from .chains import remember
+
+    remember(choice)
 
 
 def _flight_key(key: TokenKey) -> Hashable:

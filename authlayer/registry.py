@@ -65,6 +65,8 @@ BUILTIN_FLOWS = (
     "azure_cli",
     "azd",
     "azure_powershell",
+    "chain",
+    "auto",
 )
 # The built-in secret sources' table keys (a plain string is the secret itself: kind "value").
 # The last three are borrowed identities, for client_assertion only.

@@ -39,7 +39,8 @@ __all__ = [
 # The client credentials: a flow takes exactly one, at most one, or none of them.
 CREDENTIALS = ("client_secret", "certificate", "client_assertion")
 # Keys every flow that talks to Entra takes, and those of a client with a credential.
-COMMON = frozenset({"flow", "scope", "authority", "cloud", "allowed_hosts", "cache", "timeout"})
+COMMON = frozenset({"flow", "scope", "authority", "cloud", "allowed_hosts", "cache", "timeout",
+                    "cae", "additionally_allowed_tenants"})
 CLIENT = frozenset({"tenant", "client_id", "assertion_alg", *CREDENTIALS})
 
 
@@ -165,7 +166,10 @@ class FlowSpec:
     here at all: ``None`` when it can, else a short reason ("azd is not on PATH", "no managed
     identity endpoint answered"); it may block (run ``which``, read a file, probe IMDS for
     about a second) and raises only :class:`~authlayer.errors.ConfigError` for a profile that
-    is wrong rather than unavailable. No ``available``: always.
+    is wrong rather than unavailable. No ``available``: always. ``stands_for``: the profile
+    stands for other profiles, one of which serves here (``"chain"``: those its ``chain`` key
+    names; ``"auto"``: the built-in sources); the provider binds that member instead
+    (:mod:`authlayer.chains`), and a ``tenant=`` override goes to the member.
     """
 
     name: str
@@ -188,6 +192,7 @@ class FlowSpec:
     extra_keys: tuple[Key, ...] = ()
     summary: str = ""
     available: Optional[Callable[[Profile], Optional[str]]] = None
+    stands_for: Optional[str] = None
 
     def takes(self, key: str) -> bool:
         """Whether a profile of this flow may set ``key``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 from authlayer import aio, credential, get_token
 from authlayer import jwt as jwtlib
@@ -25,9 +26,10 @@ def test_no_scopes_means_the_profile_scope(emu: Emulator, cc_profile: str) -> No
     assert credential(cc_profile).get_token() == get_token(cc_profile)
 
 
-def test_get_token_info_and_tenant(emu: Emulator, cc_profile: str) -> None:
+def test_get_token_info_and_tenant(emu: Emulator, app_profile: Callable[..., str]) -> None:
     other = emu.add_tenant()
-    with credential(cc_profile) as cred:
+    # Another tenant only when the profile allows it (test_chains.py: refused otherwise).
+    with credential(app_profile("app", additionally_allowed_tenants=[other])) as cred:
         info = cred.get_token_info(emu.api_scope, options={"tenant_id": other})
     assert jwtlib.decode(info.token)[1]["tid"] == other
     assert info.refresh_on is not None

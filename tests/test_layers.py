@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
                      "authlayer.extend", "authlayer._aiohttp", "authlayer.pytest_plugin"), 5),
     **dict.fromkeys(("authlayer.provider", "authlayer._singleflight"), 4),
     **dict.fromkeys(("authlayer.config", "authlayer.config._find", "authlayer.config._layers",
-                     "authlayer.config._build", "authlayer.registry"), 3),
+                     "authlayer.config._build", "authlayer.registry", "authlayer.chains"), 3),
     "authlayer.flows": 2,  # and every module in it
     **dict.fromkeys(("authlayer.oauth", "authlayer._http", "authlayer._loopback",
                      "authlayer._browser", "authlayer._process", "authlayer.store",

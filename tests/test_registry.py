@@ -46,14 +46,20 @@ TABLE: dict[str, dict[str, Any]] = {
                       not_from_defaults=frozenset({"client_id"}), file_cache=True,
                       default_client_id="04b07795-8ddb-461a-bbee-02f9e1bf7b46"),
     "azd": dict(keys=frozenset({"flow", "scope", "tenant", "allowed_hosts", "cache",
-                                "timeout"})),
+                                "timeout", "additionally_allowed_tenants"})),
     "azure_powershell": dict(keys=frozenset({"flow", "scope", "tenant", "allowed_hosts",
-                                             "cache", "timeout"})),
+                                             "cache", "timeout",
+                                             "additionally_allowed_tenants"})),
+    "chain": dict(keys=frozenset({"flow", "chain", "scope", "allowed_hosts", "cae",
+                                  "additionally_allowed_tenants"}), required=("chain",),
+                  stands_for="chain"),
+    "auto": dict(keys=COMMON | {"tenant", "azure_config_dir"}, stands_for="auto"),
 }
 DEFAULTS: dict[str, Any] = dict(
     required=(), credential="none", default_tenant=None, refused_tenants=(),
     default_client_id=None, not_from_defaults=frozenset(), file_cache=False, names_profile=False,
     may_prompt=False, ignores_requested_tenant=False, needs_user_assertion=False,
+    stands_for=None,
 )
 # Flows whose cache key has a part of their own (whose sign-in, which password).
 WITH_IDENTITY = {"password", "managed_identity", "azure_cli"}
@@ -61,7 +67,7 @@ WITH_IDENTITY = {"password", "managed_identity", "azure_cli"}
 
 ORDER = ("client_credentials", "device_code", "authorization_code", "refresh_token",
          "on_behalf_of", "password", "managed_identity", "workload_identity", "azure_cli",
-         "azd", "azure_powershell")
+         "azd", "azure_powershell", "chain", "auto")
 
 
 def test_every_builtin_flow_is_registered_in_the_listed_order() -> None:

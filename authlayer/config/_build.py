@@ -34,7 +34,8 @@ from ._keys import (
 )
 from ._layers import _File, _load_file, _lock
 
-__all__ = ["MAX_EXTENDS_DEPTH", "load_profile", "load_profiles", "profile_names"]
+__all__ = ["INHERITED", "MAX_EXTENDS_DEPTH", "load_member", "load_profile", "load_profiles",
+           "member_of", "profile_names"]
 
 # Built profiles remembered per file; more distinct scope/tenant overrides than this start over.
 _MEMO_LIMIT = 256
@@ -150,12 +151,24 @@ class _Builder:
 
     # -- the whole profile ----------------------------------------------------------------
 
-    def build(self, scope: Any, tenant: Any) -> Profile:
+    def build(self, scope: Any, tenant: Any,
+              inherit: Optional[tuple[str, dict[str, Any]]] = None) -> Profile:
+        """The profile; ``inherit`` is ``(chain, values)`` for a member of that chain: the
+        chain's values it takes where it sets none of its own (``[defaults]`` does not count),
+        and a ``tenant=`` override that applies only if its flow takes a tenant."""
         spec = self.merge(self.chain())
         v = self.values
+        if inherit is not None:
+            via, values = inherit
+            for key, value in values.items():
+                if spec.takes(key) and (key not in v or v[key].origin == DEFAULTS_ORIGIN):
+                    v.set(key, value, f"inherited from chain {via!r}")
         if scope is not None:
             v.set("scope", scope, "from the scope= argument")
-        if tenant is not None:
+        # A chain passes a tenant= override on to its member; a member whose flow chooses no
+        # tenant (a managed identity) ignores it, as azure-identity does.
+        if tenant is not None and spec.stands_for is None and (
+                inherit is None or spec.takes("tenant")):
             v.set("tenant", tenant, "from the tenant= argument")
         for key in KEYS:
             if key in v and not spec.takes(key):
@@ -175,11 +188,19 @@ class _Builder:
                 raise self.error(
                     key, f"{key} is missing: flow {spec.name!r} needs {row.missing}", ""
                 )
+        if spec.stands_for == "chain":
+            self.check_members(fields["chain"])
+            fields.setdefault("scopes", ())  # then each member sets its own
         if "scopes" not in fields:
+            chains = [n for n in self.file.profiles
+                      if self.name in _raw(self.file, n, "chain")
+                      and _raw(self.file, n, "flow") == "chain"]
             raise self.error(
                 "scope",
                 "scope is missing: set the scopes to ask for, like "
-                'scope = "https://graph.microsoft.com/.default"',
+                'scope = "https://graph.microsoft.com/.default"'
+                + (f" (through chain {chains[0]!r} it takes the chain's: use the chain, or set "
+                   "scope here too)" if chains and inherit is None else ""),
                 "",
             )
         if fields.get("tenant") is None:
@@ -196,6 +217,30 @@ class _Builder:
             hosts = HostPolicy(())
         return Profile(name=self.name, flow=spec.name, config_path=self.file.path, hosts=hosts,
                        **fields)
+
+    def check_members(self, members: tuple[str, ...]) -> None:
+        """A chain names profiles of the file, never itself, and no chain it reaches names it
+        back (a cycle)."""
+        def visit(name: str, path: list[str]) -> None:
+            where = "" if name == self.name else f"in profile {name!r}"
+            for member in _raw(self.file, name, "chain") if name != self.name else members:
+                if not isinstance(member, str):
+                    continue  # reported when that chain is loaded
+                if member not in self.file.profiles:
+                    raise self.error("chain", f"chain names profile {member!r}, but the file "
+                                     "has no such profile"
+                                     + _suggest(member, self.file.profiles), where)
+                if member in path:
+                    cycle = [*path[path.index(member):], member]
+                    what = ("names itself" if len(cycle) == 2
+                            else "makes a cycle: " + " -> ".join(cycle))
+                    raise self.error("chain", f"chain {what}", where)
+                flow = _raw(self.file, member, "flow")
+                if isinstance(flow, str) and flow in registry.BUILTIN_FLOWS \
+                        and registry.flow(flow).stands_for == "chain":
+                    visit(member, [*path, member])
+
+        visit(self.name, [self.name])
 
     def check_combinations(self, spec: FlowSpec) -> None:
         """The rules across keys: the flow's and those of every flow."""
@@ -240,6 +285,23 @@ class _Builder:
                 )
 
 
+def _raw(file: _File, name: str, key: str) -> Any:
+    """``key`` of profile ``name`` as its layers give it, unchecked: the profile's, else the
+    nearest profile it extends, else ``[defaults]``; a list for ``chain``, ``None`` if unset."""
+    seen: set[str] = set()
+    while name in file.profiles and name not in seen:
+        seen.add(name)
+        table = file.profiles[name]
+        if key in table:
+            value = table[key]
+            return value if key != "chain" or isinstance(value, list) else []
+        target = table.get("extends")
+        if not isinstance(target, str):
+            break
+        name = target
+    return file.defaults.get(key, [] if key == "chain" else None)
+
+
 def _plugin_key(key: str, layers: list[tuple[dict[str, Any], str]]) -> bool:
     """Whether ``key`` is one that the profile's plugin flow declares as its own."""
     flow = next((table["flow"] for table, _ in reversed(layers) if "flow" in table), None)
@@ -270,10 +332,16 @@ def _listed(words: Sequence[str]) -> str:
 # The public functions
 
 
-def _profile(file: _File, name: str, scope: Any, tenant: Any) -> Profile:
+# What a chain's members inherit unless they set their own.
+INHERITED = ("scope", "allowed_hosts", "cae", "additionally_allowed_tenants")
+
+
+def _profile(file: _File, name: str, scope: Any, tenant: Any,
+             inherit: Optional[tuple[str, dict[str, Any]]] = None) -> Profile:
     if isinstance(scope, (list, tuple)):
         scope = tuple(scope)
-    memo: Any = (name, scope, tenant)
+    memo: Any = (name, scope, tenant,
+                 None if inherit is None else (inherit[0], tuple(sorted(inherit[1].items()))))
     try:
         hash(memo)
     except TypeError:
@@ -285,7 +353,7 @@ def _profile(file: _File, name: str, scope: Any, tenant: Any) -> Profile:
         if hit is not None and all(os.environ.get(n) == v for n, v in hit[1]):
             return hit[0]
     builder = _Builder(file, name)
-    profile = builder.build(scope, tenant)
+    profile = builder.build(scope, tenant, inherit)
     if memo is not None:
         with _lock:
             if len(file.built) >= _MEMO_LIMIT:
@@ -344,6 +412,40 @@ def with_tenant(profile: Profile, tenant: Any) -> Optional[Profile]:
     assert parse is not None
     checked = parse(tenant, values.where("tenant", spec))
     return replace(profile, tenant=tenant if checked == tenant else checked)  # share the string
+
+
+def member_of(name: str, config: Optional[PathArg] = None) -> Optional[Profile]:
+    """The first chain of the file that names profile ``name``, loaded; ``None`` if none does
+    (``authlayer profiles`` shows a member as its chain gives it)."""
+    file = _load_file(config)
+    for chain in file.profiles:
+        if name in _raw(file, chain, "chain") and _raw(file, chain, "flow") == "chain":
+            return _profile(file, chain, None, None)
+    return None
+
+
+def load_member(chain: Profile, name: str, *, scope: Union[str, Sequence[str], None] = None,
+                tenant: Optional[str] = None) -> Profile:
+    """Member ``name`` of ``chain`` (a profile of flow ``chain``), from the chain's file: the
+    chain's scope, allowed_hosts, cae and additionally_allowed_tenants where it sets none of
+    its own, then the call's ``scope`` and ``tenant`` (the latter only if its flow takes one).
+    """
+    file = _load_file(chain.config_path)
+    if name not in file.profiles:  # the file changed since the chain was loaded
+        raise ConfigError(f"chain names profile {name!r}, but the file has no such profile",
+                          path=file.path, profile=chain.name, key="chain")
+    # What the chain has (its own, inherited from a chain above it, or [defaults]), as
+    # written; a member's [defaults] values give way to it.
+    inherit: dict[str, Any] = {}
+    if chain.scopes:
+        inherit["scope"] = chain.scopes
+    if chain.allowed_hosts is not None:
+        inherit["allowed_hosts"] = chain.allowed_hosts
+    if chain.cae:
+        inherit["cae"] = True
+    if chain.additionally_allowed_tenants:
+        inherit["additionally_allowed_tenants"] = chain.additionally_allowed_tenants
+    return _profile(file, name, scope, tenant, (chain.name, inherit))
 
 
 def load_profiles(config: Optional[PathArg] = None) -> dict[str, Profile]:

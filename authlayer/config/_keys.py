@@ -447,6 +447,51 @@ def _folder(value: Any, where: Where) -> str:
     return where.local_path(where.string(value, "the path of a folder"))
 
 
+def _chain(value: Any, where: Where) -> tuple[str, ...]:
+    """The member profiles' names (whether they exist and make no cycle is checked against
+    the file, in :mod:`._build`)."""
+    expected = 'a list of profile names, like ["ci", "laptop"]'
+    if not isinstance(value, (list, tuple)):
+        raise where.type_error(expected, value)
+    if not value:
+        raise where.error(f"chain is empty: it must be {expected}")
+    names: list[str] = []
+    for number, item in enumerate(value, 1):
+        if not isinstance(item, str):
+            raise where.error(f"chain item {number} must be a profile name, not "
+                              f"{_type_name(item)}")
+        if not item.strip():
+            raise where.error(f"chain item {number} is empty: it must be a profile name")
+        where.no_control(item)
+        if item in names:
+            raise where.error(f"chain names profile {_short(item)} twice")
+        names.append(item)
+    return tuple(names)
+
+
+def _flag(value: Any, where: Where) -> bool:
+    if not isinstance(value, bool):
+        raise where.type_error("true or false", value)
+    return value
+
+
+def _allowed_tenants(value: Any, where: Where) -> tuple[str, ...]:
+    expected = 'a list of tenant GUIDs or domains, or ["*"] for any tenant'
+    if not isinstance(value, (list, tuple)):
+        raise where.type_error(expected, value)
+    tenants: list[str] = []
+    for number, item in enumerate(value, 1):
+        if not isinstance(item, str):
+            raise where.error(f"additionally_allowed_tenants item {number} must be a tenant, "
+                              f"not {_type_name(item)}")
+        tenant = item.strip().lower()
+        if tenant != "*" and not (_GUID.fullmatch(tenant) or _DOMAIN.fullmatch(tenant)):
+            raise where.error(f"additionally_allowed_tenants item {number} ({_short(item)}) "
+                              "is not a tenant GUID, a domain or \"*\"")
+        tenants.append(tenant)
+    return tuple(dict.fromkeys(tenants))
+
+
 def _allowed_hosts(value: Any, where: Where) -> tuple[str, ...]:
     example = 'like ["api.example.com", ".example.net"]'
     if not isinstance(value, (list, tuple)):
@@ -546,6 +591,11 @@ TABLE: tuple[Key, ...] = (
     Key("object_id", _object_id, group=_IDENTITY),
     Key("resource_id", _resource_id, group=_IDENTITY),
     Key("azure_config_dir", _folder, aliases=("config_dir",)),
+    Key("chain", _chain, missing='the profiles to try, like chain = ["ci", "laptop"]',
+        aliases=("members", "profiles")),
+    Key("cae", _flag, aliases=("enable_cae",)),
+    Key("additionally_allowed_tenants", _allowed_tenants,
+        aliases=("allowed_tenants", "additional_tenants")),
     Key("cache", _cache),
     Key("timeout", _timeout),
     Key("extends", None, aliases=("inherits",)),

@@ -21,6 +21,7 @@ __all__ = [
     "ENV_CLIENT_ID",
     "ENV_FEDERATED_TOKEN_FILE",
     "ENV_TENANT_ID",
+    "authority_from_env",
     "prepare",
     "workload_identity_for",
 ]
@@ -46,12 +47,7 @@ def prepare(values: Values) -> dict[str, Any]:
             found = values.env(name)
             if found:
                 values.set(key, found, f"from ${name}")
-    host = values.env(ENV_AUTHORITY_HOST)
-    if host and values.open_to_env("authority", "cloud"):
-        # azure-identity accepts a bare host name here
-        values.pop("cloud")
-        values.set("authority", host if "://" in host else f"https://{host}",
-                   f"from ${ENV_AUTHORITY_HOST}")
+    authority_from_env(values)
     token_file = values.env(ENV_FEDERATED_TOKEN_FILE)
     if not token_file or not values.open_to_env("client_assertion"):
         return {}
@@ -61,6 +57,18 @@ def prepare(values: Values) -> dict[str, Any]:
     source = SecretSource("file", path, key=ENV_FEDERATED_TOKEN_FILE, profile=values.profile,
                           path=values.path)
     return {"client_assertion": source}
+
+
+def authority_from_env(values: Values) -> dict[str, Any]:
+    """``$AZURE_AUTHORITY_HOST`` as the authority, unless the profile (or what it extends)
+    sets ``authority`` or ``cloud`` (flows ``workload_identity`` and ``auto``)."""
+    host = values.env(ENV_AUTHORITY_HOST)
+    if host and values.open_to_env("authority", "cloud"):
+        # azure-identity accepts a bare host name here
+        values.pop("cloud")
+        values.set("authority", host if "://" in host else f"https://{host}",
+                   f"from ${ENV_AUTHORITY_HOST}")
+    return {}
 
 
 def workload_identity_for(profile: Profile) -> Profile:

@@ -82,7 +82,7 @@ def authorize_url(ctx: FlowContext, *, redirect_uri: str, state: str, challenge:
             params[key] = value
     if ctx.fresh_sign_in and "prompt" not in params:
         params["prompt"] = "select_account"  # authlayer login: perhaps as someone else
-    claims = claims_request(ctx.claims)
+    claims = claims_request(ctx.claims, profile.cae)
     if claims:
         params["claims"] = claims
     return f"{endpoint(profile, 'authorize')}?{urlencode(params)}"

@@ -168,7 +168,8 @@ FLOW = FlowSpec(
     name="azd",
     acquire=acquire,
     # azd signs in at its own authority: authority and cloud do not apply.
-    keys=frozenset({"flow", "scope", "tenant", "allowed_hosts", "cache", "timeout"}),
+    keys=frozenset({"flow", "scope", "tenant", "allowed_hosts", "cache", "timeout",
+                    "additionally_allowed_tenants"}),
     summary="the Azure Developer CLI's sign-in (azd auth login)",
     available=available,
 )

@@ -176,7 +176,8 @@ FLOW = FlowSpec(
     name="azure_powershell",
     acquire=acquire,
     # Azure PowerShell signs in at its own environment: authority and cloud do not apply.
-    keys=frozenset({"flow", "scope", "tenant", "allowed_hosts", "cache", "timeout"}),
+    keys=frozenset({"flow", "scope", "tenant", "allowed_hosts", "cache", "timeout",
+                    "additionally_allowed_tenants"}),
     summary="Azure PowerShell's sign-in (Connect-AzAccount)",
     available=available,
 )
