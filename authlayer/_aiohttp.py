@@ -20,7 +20,7 @@ from aiohttp.multipart import MultipartWriter
 from aiohttp.payload import BytesPayload, IOBasePayload, Payload
 from yarl import URL
 
-from .auth import _no_token, _require_hosts, claims_from_challenge
+from .auth import _require_hosts, claims_from_challenge, may_carry
 from .provider import PROVIDER, Binding, Forget, after_401
 
 if TYPE_CHECKING:
@@ -53,16 +53,9 @@ _NEXT_HOP: ContextVar[Optional[_Hop]] = ContextVar("authlayer_aiohttp_next_hop",
 
 def _allowed(binding: Binding, request: ClientRequest) -> bool:
     url = request.url
-    scheme, host = url.scheme, url.raw_host or ""
-    if binding.hosts.allows(scheme, host):
-        # aiohttp knows its proxy (given in code, or from the environment with trust_env).
-        if scheme != "http" or request.proxy is None:
-            return True
-        why: Optional[str] = _PROXY_WHY
-    else:
-        why = binding.hosts.refusal(scheme, host)
-    _no_token(binding, scheme, host, why)
-    return False
+    # aiohttp knows its proxy (given in code, or from the environment with trust_env).
+    return may_carry(binding, url.scheme, url.raw_host or "", lambda: request.proxy is not None,
+                     _PROXY_WHY)
 
 
 def _replayable(body: object) -> bool:

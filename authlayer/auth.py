@@ -166,6 +166,21 @@ _PROXY_WHY = ("plain http to loopback is exempt from https only because it stays
               "add the host to NO_PROXY")
 
 
+def may_carry(binding: Binding, scheme: str, host: str, proxied: Callable[[], bool],
+              proxy_why: str = _PROXY_WHY) -> bool:
+    """Whether a request to ``scheme://host`` gets the token (httpx and aiohttp; requests keeps
+    its verdicts per origin): an allowed host, and for plain http (loopback) no proxy on the
+    way, ``proxied()`` being asked only then. A request without it is logged once."""
+    if binding.hosts.allows(scheme, host):
+        if scheme != "http" or not proxied():
+            return True
+        why: Optional[str] = proxy_why
+    else:
+        why = binding.hosts.refusal(scheme, host)
+    _no_token(binding, scheme, host, why)
+    return False
+
+
 def _no_token(binding: Binding, scheme: str, host: str, why: Optional[str]) -> None:
     """Say once per profile and host, at DEBUG, why a request went without the token (host and
     profile name only: the rest of a URL may hold a secret)."""
@@ -311,14 +326,7 @@ class EntraAuth(httpx.Auth):
 
     def _httpx_allowed(self, binding: Binding, url: httpx.URL) -> bool:
         scheme, host = url.scheme, url.raw_host.decode("ascii", "replace")
-        if binding.hosts.allows(scheme, host):
-            if scheme != "http" or not _httpx_proxy(scheme, host):
-                return True
-            why: Optional[str] = _PROXY_WHY
-        else:
-            why = binding.hosts.refusal(scheme, host)
-        _no_token(binding, scheme, host, why)
-        return False
+        return may_carry(binding, scheme, host, lambda: _httpx_proxy(scheme, host))
 
     def _token(self) -> CachedToken:
         binding = self.binding

@@ -23,10 +23,10 @@ from typing import Any, Optional
 from .._http import Action, call
 from .._process import run, safe_argument, which
 from ..errors import TokenError, redact
-from ..oauth import refresh_time
 from ..profile import Profile
 from ..token import TokenResult
 from . import FlowContext
+from ._tool import tool_result
 
 __all__ = ["acquire", "available", "run_azd"]
 
@@ -147,11 +147,7 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     if not isinstance(token, str) or not token or expires_on is None:
         raise TokenError("azd auth token answered without token or a readable expiresOn",
                          profile=profile.name, error="malformed_response")
-    if expires_on <= now:
-        raise TokenError("azd auth token gave a token that has already expired: check this "
-                         "machine's clock", profile=profile.name, error="malformed_response")
-    return TokenResult(access_token=token, expires_on=expires_on,
-                       refresh_on=refresh_time(now, expires_on))
+    return tool_result(token, expires_on, now=now, profile=profile.name, said="azd auth token")
 
 
 def available(profile: Profile) -> Optional[str]:

@@ -22,10 +22,10 @@ from typing import Any, Optional
 from .._http import Action, call
 from .._process import run, safe_argument, which
 from ..errors import TokenError, redact
-from ..oauth import refresh_time
 from ..profile import Profile
 from ..token import TokenResult
 from . import FlowContext
+from ._tool import tool_result
 
 __all__ = ["SCRIPT", "acquire", "available", "find_powershell", "run_powershell"]
 
@@ -156,11 +156,8 @@ def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
     now = ctx.clock()  # before asking: the token's refresh counts from then
     stdout = yield from call(lambda: run_powershell(profile, resource))
     token, expires_on = _parse(profile, stdout)
-    if expires_on <= now:
-        raise TokenError("Get-AzAccessToken gave a token that has already expired: check this "
-                         "machine's clock", profile=profile.name, error="malformed_response")
-    return TokenResult(access_token=token, expires_on=expires_on,
-                       refresh_on=refresh_time(now, expires_on))
+    return tool_result(token, expires_on, now=now, profile=profile.name,
+                       said="Get-AzAccessToken")
 
 
 def available(profile: Profile) -> Optional[str]:
