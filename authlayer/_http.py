@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import random
-import socket
 import threading
 import time
 from collections.abc import Generator, Mapping
@@ -32,11 +29,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 from urllib.parse import urlsplit
 
+from ._log import log
 from ._version import __version__
 from .errors import TokenError, redact
 from .hosts import is_loopback
 
 if TYPE_CHECKING:  # imported where used: a token served from a cache needs none of them
+    import socket
     import ssl
 
     import httpx
@@ -55,7 +54,6 @@ __all__ = [
     "send",
 ]
 
-log = logging.getLogger("authlayer")
 
 T = TypeVar("T")
 
@@ -216,6 +214,8 @@ def retry_after(response: HttpResponse) -> Optional[float]:
 
 def backoff(attempt: int) -> float:
     """Seconds to wait before attempt ``attempt + 1`` when the service gave no Retry-After."""
+    import random
+
     return float(BACKOFF_BASE * (2 ** (attempt - 1)) * random.uniform(0.75, 1.25))  # noqa: S311
 
 
@@ -503,6 +503,8 @@ class _Watchdog:
     def trace(self, name: str, info: Mapping[str, Any]) -> None:
         if not name.endswith((".connect_tcp.complete", ".start_tls.complete")):
             return
+        import socket  # here, not at import: a token served from a cache opens no socket
+
         stream = info.get("return_value")
         sock = stream.get_extra_info("socket") if stream is not None else None
         with self._lock:
@@ -529,6 +531,8 @@ class _Watchdog:
 def _shut_down(sock: socket.socket) -> None:
     # socket.socket's own shutdown, not SSLSocket's (which also drops its TLS state under the
     # reading thread's feet); a socket that is closed already raises OSError.
+    import socket
+
     with contextlib.suppress(OSError):
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 

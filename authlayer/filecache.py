@@ -18,18 +18,17 @@ import datetime
 import errno
 import hashlib
 import json
-import logging
 import os
 import stat
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Optional, Union
 
-import platformdirs
-
 from . import _fileperms
+from ._log import log
 from .errors import AuthLayerError
 from .store import account_part, account_prefix, is_time, merge_account
 from .store import expires_on as _expires_on
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FILE_NAME", "FileStore", "default_path"]
 
-log = logging.getLogger("authlayer")
 
 FILE_NAME = "tokens.json"
 VERSION = 1
@@ -93,7 +91,14 @@ def default_path() -> str:
     folder = os.environ.get("AUTHLAYER_CACHE_DIR")
     if folder:
         folder = os.path.expanduser(folder)
+    elif sys.platform.startswith("linux"):  # as config._find does: Linux needs no import
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        # The XDG spec says a relative value is invalid and must be ignored.
+        base = xdg if xdg and os.path.isabs(xdg) else os.path.expanduser("~/.cache")
+        folder = os.path.join(base, "authlayer")
     else:
+        import platformdirs
+
         folder = platformdirs.user_cache_dir("authlayer", appauthor=False)
     return os.path.join(os.path.abspath(folder), FILE_NAME)
 

@@ -27,7 +27,6 @@ path, which runs only on a miss, a refresh, or after a 401:
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import sys
 import threading
@@ -40,6 +39,7 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 from . import registry
 from ._http import Action, Call, run_async, run_sync
+from ._log import log
 from ._singleflight import SingleFlight
 from .errors import AuthLayerError
 from .flows import FlowContext, default_prompt
@@ -52,7 +52,6 @@ __all__ = ["FORCED", "LOGIN", "PLAIN", "POLICY", "PROVIDER", "Binding", "CachedT
            "Need", "Policy", "Provider", "Want", "after_401", "for_claims", "get_token",
            "get_token_async", "reset"]
 
-log = logging.getLogger("authlayer")
 
 # After a failed refresh ahead of expiry, wait this long before trying again (or half the time
 # the token has left, whichever is shorter, but at least RETRY_REFRESH_MIN).

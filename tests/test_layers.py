@@ -34,7 +34,8 @@ LAYERS: dict[str, int] = {
     "authlayer.emulator": 1,  # a tool beside the library: it needs only values (jwt, hosts)
     **dict.fromkeys(("authlayer.schema", "authlayer.profile", "authlayer.token",
                      "authlayer.errors", "authlayer.hosts", "authlayer.jwt",
-                     "authlayer.certificate", "authlayer._version", "authlayer._fileperms"), 0),
+                     "authlayer.certificate", "authlayer._version", "authlayer._fileperms",
+                     "authlayer._log"), 0),
 }
 
 # (importer, imported): why this import may go up.
@@ -67,7 +68,8 @@ NEVER_EXCEPT = {
         "the AZURE_* variables are checked like the keys of a profile (a leaf module)",
 }
 # _http is transport only: what it may import at all.
-HTTP_IMPORTS = {"authlayer.errors", "authlayer._version", "authlayer.hosts", "authlayer.token"}
+HTTP_IMPORTS = {"authlayer.errors", "authlayer._version", "authlayer.hosts", "authlayer.token",
+                "authlayer._log"}
 
 
 class Import(NamedTuple):

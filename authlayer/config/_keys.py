@@ -8,7 +8,6 @@ keys of the file are checked. Messages never quote a value that may be a secret.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
@@ -85,6 +84,8 @@ def _type_name(value: object) -> str:
 
 def _suggest(word: str, choices: Iterable[str], aliases: Optional[Mapping[str, str]] = None) -> str:
     """``"; did you mean 'x'?"`` for the nearest choice, or ``""``."""
+    import difflib  # only for a mistake: it costs start-up time
+
     choices = list(choices)
     if aliases and word.lower() in aliases and aliases[word.lower()] in choices:
         return f"; did you mean {aliases[word.lower()]!r}?"
@@ -497,6 +498,8 @@ def _host(number: int, item: str, where: Where) -> str:
 
 
 def _cache(value: Any, where: Where) -> Any:
+    if value in CACHES:  # the usual: no need to import the stores
+        return value
     from ..stores import parse_cache  # light: redis is imported when a store opens
 
     return parse_cache(value, where)
