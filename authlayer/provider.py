@@ -38,7 +38,7 @@ from enum import Enum
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 from . import registry
-from ._http import Action, Call, run_async, run_sync
+from ._actions import Action, Call, run_async, run_sync
 from ._log import log
 from ._singleflight import SingleFlight
 from .errors import AuthLayerError
