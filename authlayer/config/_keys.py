@@ -54,11 +54,13 @@ MULTI_TENANTS = ("organizations", "common", "consumers")
 MAX_TIMEOUT = 600.0
 DEFAULT_TIMEOUT = 30.0
 
-_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+# Patterns, compiled at their first use by re's own cache: compiling them all (the domain's
+# alone takes a millisecond) would cost every start, and most profiles need one or none.
+_GUID = r"(?i)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN = re.compile(rf"(?:{_LABEL}\.)+{_LABEL}", re.IGNORECASE)
-_HOST = re.compile(r"\.?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?", re.IGNORECASE)
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_DOMAIN = rf"(?i)(?:{_LABEL}\.)+{_LABEL}"
+_HOST = r"(?i)\.?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?"
+_BARE_KEY = r"[A-Za-z0-9_-]+"
 
 
 
@@ -112,7 +114,7 @@ def _control(value: str) -> Optional[str]:
 
 
 def _toml_key(name: str) -> str:
-    return name if _BARE_KEY.fullmatch(name) else '"' + name.replace('"', '\\"') + '"'
+    return name if re.fullmatch(_BARE_KEY, name) else '"' + name.replace('"', '\\"') + '"'
 
 
 def _one_of(choices: Iterable[str]) -> str:
@@ -274,7 +276,8 @@ def _tenant(value: Any, where: Where) -> str:
     expected = "a tenant GUID or domain, or one of " + _one_of(MULTI_TENANTS)
     given = where.string(value, expected)
     tenant = given.lower()
-    if not (tenant in MULTI_TENANTS or _GUID.fullmatch(tenant) or _DOMAIN.fullmatch(tenant)):
+    if not (tenant in MULTI_TENANTS or re.fullmatch(_GUID, tenant)
+            or re.fullmatch(_DOMAIN, tenant)):
         raise where.error(
             f"tenant {_short(given)} is not a tenant GUID, a domain (like "
             "contoso.onmicrosoft.com) or one of " + _one_of(MULTI_TENANTS)
@@ -428,7 +431,7 @@ def _port(value: Any, where: Where) -> int:
 def _object_id(value: Any, where: Where) -> str:
     expected = "the managed identity's object (principal) id, a GUID"
     text = where.text(value, expected)
-    if not _GUID.fullmatch(text):
+    if not re.fullmatch(_GUID, text):
         raise where.error(f"object_id must be {expected}")
     return text
 
@@ -489,7 +492,7 @@ def _host(number: int, item: str, where: Where) -> str:
         raise bad("has a wildcard: write '.example.com' to allow example.com's subdomains")
     if not host.isascii():
         raise bad("is not ASCII: give the host in its punycode (xn--) form")
-    if not _HOST.fullmatch(host):
+    if not re.fullmatch(_HOST, host):
         raise bad("is not a host name")
     problem = public_suffix_problem(host)
     if problem:
