@@ -376,6 +376,8 @@ class Provider:
         self._loads: SingleFlight[tuple[Any, ...], Binding] = SingleFlight()  # async loads
         self._guard = threading.Lock()
         self._bindings: dict[tuple[Any, ...], Binding] = {}
+        # The same call signatures, straight to their binding's slot: the hot path's one read.
+        self._memo: dict[tuple[Any, ...], _Slot] = {}
         self._stamps: dict[str, Optional[tuple[int, int, int]]] = {}  # profiles files in use
         self._memory_store = MemoryStore()
         self._sweep_above = SWEEP_ABOVE
@@ -422,8 +424,11 @@ class Provider:
             self._watch(loaded.config_path)
         with self._guard:
             if len(self._bindings) >= MAX_BINDINGS:  # forget the oldest one, not all
-                self._bindings.pop(next(iter(self._bindings)), None)
+                oldest = next(iter(self._bindings))
+                del self._bindings[oldest]
+                self._memo.pop(oldest, None)
             self._bindings[args] = binding
+            self._memo[args] = binding.slot
         return binding
 
     def _slot(self, key: TokenKey) -> _Slot:
@@ -487,6 +492,7 @@ class Provider:
                 self._stamps.pop(path, None)
             for args in [a for a, b in self._bindings.items() if b.base.config_path in gone]:
                 del self._bindings[args]
+                self._memo.pop(args, None)
         log.debug("a profiles file changed; it will be read again")
 
     def cached(self, profile: Optional[str], config: PathArg, scope: ScopeArg,
@@ -494,12 +500,12 @@ class Provider:
         """The cached entry for these call arguments if it may be served as it is (the hot
         path of the async callers; :func:`get_token` has it inline)."""
         try:
-            binding = self._bindings.get(_args(profile, config, scope, tenant, user_assertion))
+            slot = self._memo.get(_args(profile, config, scope, tenant, user_assertion))
         except TypeError:  # an unhashable argument: the slow path says what is wrong
             return None
-        if binding is None:
+        if slot is None:
             return None
-        entry = binding.slot.entry
+        entry = slot.entry
         if entry is None:
             return None
         now = self.clock()
@@ -920,6 +926,7 @@ class Provider:
             self._rejected.clear()
             self._refusals.clear()
             self._bindings.clear()
+            self._memo.clear()
             self._stamps.clear()
             self._memory_store = MemoryStore()
             self._sweep_above = SWEEP_ABOVE
@@ -1022,8 +1029,8 @@ def get_token(
     ``force_refresh`` skips the cache; ``prompt`` shows sign-in instructions (default: standard
     error). Raises :class:`~authlayer.ConfigError` or :class:`~authlayer.TokenError`.
     """
-    # The hot path: one dict read keyed by the call's own arguments (what _args builds), the
-    # binding's slot (no key to hash), one look at the clock.
+    # The hot path: one dict read keyed by the call's own arguments (what _args builds) gives
+    # the binding's slot (no key to hash); its entry; one look at the clock.
     provider = PROVIDER
     if profile is None or config is None:
         args: tuple[Any, ...] = (profile, config, scope, tenant, user_assertion,
@@ -1032,11 +1039,11 @@ def get_token(
     else:
         args = (profile, config, scope, tenant, user_assertion)
     try:
-        binding = provider._bindings.get(args)
+        slot = provider._memo.get(args)
     except TypeError:  # a list of scopes: the slow path makes it a tuple
-        binding = None
-    if binding is not None and not force_refresh:
-        entry = binding.slot.entry
+        slot = None
+    if slot is not None and not force_refresh:
+        entry = slot.entry
         if entry is not None:
             now = provider.clock()
             if now < entry.refresh_on and now < provider.recheck_at:
