@@ -16,7 +16,6 @@ import contextlib
 import copy
 import datetime
 import errno
-import hashlib
 import json
 import os
 import stat
@@ -324,6 +323,8 @@ class FileStore:
         """The fleet lock of ``key`` for the processes sharing this file: one of
         :data:`FLIGHT_LOCKS` lock files, picked by the key's hash. The system frees it when
         its holder dies, so ``ttl`` only bounds how long the others wait (a stopped holder)."""
+        import hashlib
+
         import filelock
 
         bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4], "big")

@@ -8,8 +8,6 @@ where to find one; they are read when a token request needs them, and never show
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import os
 import stat
 import threading
@@ -138,6 +136,9 @@ class SecretSource:
 
 def keyed_hash(text: str) -> str:
     """``text`` hashed with this installation's salt: for cache keys that must not reveal it."""
+    import hashlib  # here: OpenSSL's start costs every start, and most profiles hash nothing
+    import hmac
+
     digest = hmac.new(installation_salt(), text.encode(), hashlib.sha256)
     return digest.hexdigest()[:32]
 

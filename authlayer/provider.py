@@ -26,7 +26,6 @@ path, which runs only on a miss, a refresh, or after a 401:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import threading
@@ -185,6 +184,8 @@ POLICY: dict[Want, Policy] = {
 
 
 def _digest(text: str) -> str:
+    import hashlib
+
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 

@@ -14,9 +14,8 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, time
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
@@ -128,8 +127,7 @@ def _one_of(choices: Iterable[str]) -> str:
 DEFAULTS_ORIGIN = "set in [defaults]"
 
 
-@dataclass(frozen=True)
-class Value:
+class Value(NamedTuple):  # not a dataclass: making one costs start-up time
     """A key's value as written, and where it came from: ``""`` when set on the profile itself,
     else ``"set in [defaults]"``, ``"inherited from profile 'x'"``, ``"from $VAR"``, ..."""
 
