@@ -10,9 +10,11 @@ Names are imported lazily, so ``import authlayer`` pays only for what a script u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from ._version import __version__
+
+# Not imported from typing: `import authlayer` would pay for typing, which a script that only
+# needs one name may never import (type checkers know this constant by its name).
+TYPE_CHECKING = False
 
 __all__ = [
     "AccessToken",
@@ -28,6 +30,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .auth import EntraAuth
     from .azure_credential import credential
     from .errors import AuthLayerError, ConfigError, TokenError

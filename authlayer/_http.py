@@ -2,17 +2,20 @@
 
 Three layers, from pure to I/O:
 
-1. Values and actions: :class:`HttpRequest`, :class:`HttpResponse`, and the actions a flow yields
-   (:class:`Send`, :class:`Sleep`, :class:`Call`, with :func:`call` for a typed answer).
+1. Values: :class:`HttpRequest`, :class:`HttpResponse`, :class:`ConnectionFailed`. The
+   actions a flow yields (:class:`Send`, :class:`Sleep`, :class:`Call`, :func:`call`) and the
+   two drivers (:func:`run_sync`, :func:`run_async`) live in :mod:`authlayer._actions`, which
+   a token served from a cache needs without this module; they are importable from here too.
 2. Sans-I/O retry policy: :func:`send` (bounded retries of 429, 5xx and dropped connections,
    honouring ``Retry-After``; no retry of other 4xx). What an answer means (a token, Entra's
    error) is :mod:`authlayer.oauth`'s business.
-3. Two thin drivers, :func:`run_sync` and :func:`run_async`, that carry out the actions with
-   ``httpx.Client`` / ``httpx.AsyncClient``. Each attempt has a deadline (the request's
-   ``timeout``) for the whole exchange, however slowly the server trickles bytes, and its answer
-   is read incrementally up to :data:`MAX_BODY`. They honour ``HTTPS_PROXY``/``NO_PROXY``
-   (httpx's ``trust_env``), except for loopback hosts, and the CA-bundle variables
-   ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, ``SSL_CERT_DIR`` and ``CURL_CA_BUNDLE``.
+3. One attempt, for the drivers: :func:`new_client` (``httpx.Client`` /
+   ``httpx.AsyncClient``), :func:`exchange_sync` and :func:`exchange_async`. Each attempt has
+   a deadline (the request's ``timeout``) for the whole exchange, however slowly the server
+   trickles bytes, and its answer is read incrementally up to :data:`MAX_BODY`. Clients honour
+   ``HTTPS_PROXY``/``NO_PROXY`` (httpx's ``trust_env``), except for loopback hosts, and the
+   CA-bundle variables ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, ``SSL_CERT_DIR`` and
+   ``CURL_CA_BUNDLE``.
 
 Nothing else in authlayer sends HTTP to Entra or to a managed identity endpoint.
 """
@@ -21,43 +24,44 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import random
-import socket
 import threading
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
+from ._actions import Action, Call, Flow, Send, Sleep, call, run_async, run_sync
+from ._log import log
 from ._version import __version__
 from .errors import TokenError, redact
 from .hosts import is_loopback
 
 if TYPE_CHECKING:  # imported where used: a token served from a cache needs none of them
+    import socket
     import ssl
-
-    import httpx
 
 __all__ = [
     "Action",
     "Call",
     "ConnectionFailed",
+    "Flow",
     "HttpRequest",
     "HttpResponse",
+    "Send",
     "Sleep",
     "call",
+    "exchange_async",
+    "exchange_sync",
+    "new_client",
     "retry_after",
     "run_async",
     "run_sync",
     "send",
 ]
 
-log = logging.getLogger("authlayer")
 
-T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 4
@@ -146,47 +150,6 @@ class ConnectionFailed:
     kind: str = "dropped"
 
 
-@dataclass(frozen=True)
-class Send:
-    """Action: make one HTTP attempt. Answered with :class:`HttpResponse` or
-    :class:`ConnectionFailed`."""
-
-    request: HttpRequest
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Action: wait ``seconds`` (without blocking an event loop). Answered with ``None``.
-    ``why`` says what for, in words a person reads ("waiting for the sign-in"): the command
-    line shows it on a terminal while it waits (:data:`on_wait`)."""
-
-    seconds: float
-    why: str = field(default="", compare=False)
-
-
-@dataclass(frozen=True)
-class Call:
-    """Action: run a blocking function (in a worker thread under async). Answered with its
-    result; its exception is thrown into the flow."""
-
-    fn: Callable[[], Any]
-
-
-Action = Union[Send, Sleep, Call]
-Flow = Generator[Action, Any, T]
-
-# Told of every wait before the drivers make it: the command line sets it to show progress on a
-# terminal (device-code polling, retries). Never set by the library itself.
-on_wait: Optional[Callable[[Sleep], None]] = None
-
-
-def call(fn: Callable[[], T]) -> Flow[T]:
-    """``result = yield from call(fn)``: :class:`Call` with ``fn``'s result typed as it returns
-    it, so that a flow needs no ``isinstance`` check on what the driver sent back."""
-    result: T = yield Call(fn)
-    return result
-
-
 # --------------------------------------------------------------------------- retry policy
 
 
@@ -216,6 +179,8 @@ def retry_after(response: HttpResponse) -> Optional[float]:
 
 def backoff(attempt: int) -> float:
     """Seconds to wait before attempt ``attempt + 1`` when the service gave no Retry-After."""
+    import random
+
     return float(BACKOFF_BASE * (2 ** (attempt - 1)) * random.uniform(0.75, 1.25))  # noqa: S311
 
 
@@ -503,6 +468,8 @@ class _Watchdog:
     def trace(self, name: str, info: Mapping[str, Any]) -> None:
         if not name.endswith((".connect_tcp.complete", ".start_tls.complete")):
             return
+        import socket  # here, not at import: a token served from a cache opens no socket
+
         stream = info.get("return_value")
         sock = stream.get_extra_info("socket") if stream is not None else None
         with self._lock:
@@ -529,6 +496,8 @@ class _Watchdog:
 def _shut_down(sock: socket.socket) -> None:
     # socket.socket's own shutdown, not SSLSocket's (which also drops its TLS state under the
     # reading thread's feet); a socket that is closed already raises OSError.
+    import socket
+
     with contextlib.suppress(OSError):
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
@@ -540,15 +509,18 @@ def _build(client: Any, req: HttpRequest, trace: Callable[..., Any]) -> Any:
                                 extensions={"trace": trace})
 
 
-def _new_client(cls: Any, proxy: bool, pin: Optional[str] = None) -> Any:
-    """An httpx client (``cls``: ``httpx.Client`` or ``httpx.AsyncClient``). With ``proxy``
+def new_client(asynchronous: bool, proxy: bool, pin: Optional[str] = None) -> Any:
+    """An ``httpx.Client`` (``httpx.AsyncClient`` if ``asynchronous``). With ``proxy``
     false, proxies from the environment are ignored (CA bundles still apply: ``verify`` is ours).
     With ``pin``, only the server certificate of that thumbprint is trusted.
     """
+    import httpx  # only now: a flow served from a cache sends nothing
+
+    cls = httpx.AsyncClient if asynchronous else httpx.Client
     return cls(verify=ssl_context() if pin is None else pinned_context(pin), trust_env=proxy)
 
 
-def _exchange_sync(client: Any, req: HttpRequest) -> Union[HttpResponse, ConnectionFailed]:
+def exchange_sync(client: Any, req: HttpRequest) -> Union[HttpResponse, ConnectionFailed]:
     """One attempt with blocking I/O, within ``req.timeout`` in all."""
     import httpx
 
@@ -575,7 +547,7 @@ def _exchange_sync(client: Any, req: HttpRequest) -> Union[HttpResponse, Connect
     return body.failure() if body.too_large else body.answer(r, started)
 
 
-async def _exchange_async(client: Any, req: HttpRequest) -> Union[HttpResponse, ConnectionFailed]:
+async def exchange_async(client: Any, req: HttpRequest) -> Union[HttpResponse, ConnectionFailed]:
     """One attempt without blocking the event loop, within ``req.timeout`` in all."""
     import anyio
     import httpx
@@ -603,81 +575,3 @@ async def _exchange_async(client: Any, req: HttpRequest) -> Union[HttpResponse, 
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return _failure(exc, req)
     return body.failure() if body.too_large else body.answer(r, started)
-
-
-def run_sync(flow: Flow[T]) -> T:
-    """Run a flow to completion with blocking I/O."""
-    clients: dict[tuple[bool, Optional[str]], httpx.Client] = {}
-    try:
-        action = next(flow)
-        while True:
-            try:
-                if isinstance(action, Send):
-                    import httpx  # only now: a flow served from a cache sends nothing
-
-                    req = action.request
-                    kind = (req.via_proxy, req.pin)
-                    client = clients.get(kind)
-                    if client is None:
-                        client = clients[kind] = _new_client(httpx.Client, *kind)
-                    result: Any = _exchange_sync(client, req)
-                elif isinstance(action, Sleep):
-                    if on_wait is not None:
-                        on_wait(action)
-                    time.sleep(action.seconds)
-                    result = None
-                else:
-                    result = action.fn()
-            except Exception as exc:
-                action = flow.throw(exc)
-                continue
-            action = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    finally:
-        flow.close()
-        for client in clients.values():
-            client.close()
-
-
-async def run_async(flow: Flow[T]) -> T:
-    """Run a flow to completion without blocking the event loop (asyncio or trio)."""
-    import anyio
-    import anyio.to_thread
-    import httpx
-
-    clients: dict[tuple[bool, Optional[str]], httpx.AsyncClient] = {}
-    # A worker thread of our own: if every thread of the shared pool is busy (sync callers
-    # waiting for this very acquisition, say), the flow must still be able to go on.
-    own_thread = anyio.CapacityLimiter(1)
-    try:
-        action = next(flow)
-        while True:
-            try:
-                if isinstance(action, Send):
-                    req = action.request
-                    kind = (req.via_proxy, req.pin)
-                    client = clients.get(kind)
-                    if client is None:
-                        # Loading the CA bundle and building a client take tens of ms the
-                        # first time: not on the event loop.
-                        client = clients[kind] = await anyio.to_thread.run_sync(
-                            _new_client, httpx.AsyncClient, *kind, limiter=own_thread)
-                    result: Any = await _exchange_async(client, req)
-                elif isinstance(action, Sleep):
-                    if on_wait is not None:
-                        on_wait(action)
-                    await anyio.sleep(action.seconds)
-                    result = None
-                else:
-                    result = await anyio.to_thread.run_sync(action.fn, limiter=own_thread)
-            except Exception as exc:
-                action = flow.throw(exc)
-                continue
-            action = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    finally:
-        flow.close()
-        for client in clients.values():
-            await client.aclose()

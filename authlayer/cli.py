@@ -34,7 +34,7 @@ from ._version import __version__
 from .errors import AuthLayerError, ConfigError, TokenError
 
 if TYPE_CHECKING:
-    from ._http import Sleep
+    from ._actions import Sleep
     from .profile import Profile
 
 __all__ = ["main"]
@@ -760,19 +760,19 @@ def _show_progress() -> None:
     except (AttributeError, ValueError):
         terminal = False
     if terminal:
-        from . import _http
+        from . import _actions
 
-        _progress = _http.on_wait = _Progress()
+        _progress = _actions.on_wait = _Progress()
 
 
 def _stop_progress() -> None:
     global _progress
 
     if _progress is not None:
-        from . import _http
+        from . import _actions
 
         _progress.clear()
-        _http.on_wait = _progress = None
+        _actions.on_wait = _progress = None
 
 
 # What the verbose log scrubs from each line, however it got there: JWTs, and runs of 40 or more

@@ -16,20 +16,18 @@ import contextlib
 import copy
 import datetime
 import errno
-import hashlib
 import json
-import logging
 import os
 import stat
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Optional, Union
 
-import platformdirs
-
 from . import _fileperms
+from ._log import log
 from .errors import AuthLayerError
 from .store import account_part, account_prefix, is_time, merge_account
 from .store import expires_on as _expires_on
@@ -39,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FILE_NAME", "FileStore", "default_path"]
 
-log = logging.getLogger("authlayer")
 
 FILE_NAME = "tokens.json"
 VERSION = 1
@@ -93,7 +90,14 @@ def default_path() -> str:
     folder = os.environ.get("AUTHLAYER_CACHE_DIR")
     if folder:
         folder = os.path.expanduser(folder)
+    elif sys.platform.startswith("linux"):  # as config._find does: Linux needs no import
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        # The XDG spec says a relative value is invalid and must be ignored.
+        base = xdg if xdg and os.path.isabs(xdg) else os.path.expanduser("~/.cache")
+        folder = os.path.join(base, "authlayer")
     else:
+        import platformdirs
+
         folder = platformdirs.user_cache_dir("authlayer", appauthor=False)
     return os.path.join(os.path.abspath(folder), FILE_NAME)
 
@@ -319,6 +323,8 @@ class FileStore:
         """The fleet lock of ``key`` for the processes sharing this file: one of
         :data:`FLIGHT_LOCKS` lock files, picked by the key's hash. The system frees it when
         its holder dies, so ``ttl`` only bounds how long the others wait (a stopped holder)."""
+        import hashlib
+
         import filelock
 
         bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4], "big")

@@ -23,13 +23,18 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from ._http import Flow, HttpRequest, HttpResponse, call, retry_after, send
+from ._actions import Flow, call
 from .errors import TokenError
 from .profile import Profile, Secret, SecretSource
 from .schema import FlowContext, endpoint
 from .token import TokenResult
+
+# The HTTP boundary is imported where a request is made or an answer read: a flow module imports
+# this one, and a token served from a cache needs neither.
+if TYPE_CHECKING:
+    from ._http import HttpRequest, HttpResponse
 
 __all__ = [
     "ASSERTION_TYPE",
@@ -145,6 +150,8 @@ def exchange(
     carries its own, or the client is public) and the context's claims request — and return the
     parsed answer. The token's lifetime counts from the moment the request was sent. Raises
     :class:`~authlayer.errors.TokenError`."""
+    from ._http import HttpRequest, send
+
     profile = ctx.profile
     url = ctx.token_url(tenant)
     claims = claims_request(ctx.claims, ctx.profile.cae)
@@ -193,6 +200,8 @@ def post(ctx: FlowContext, url: str, form: Mapping[str, str], *, what: str
     """POST ``form`` (with the context's claims request) to an Entra endpoint that answers a
     JSON object (the device code endpoint): that object, or the :class:`TokenError` of
     Entra's error."""
+    from ._http import HttpRequest, send
+
     profile = ctx.profile
     fields = dict(form)
     claims = claims_request(ctx.claims, ctx.profile.cae)
@@ -238,6 +247,8 @@ def parse_error(
         kind = response.content_type or "no content type"
         message = f"{what} failed: HTTP {response.status}"
         if response.status == 429:
+            from ._http import retry_after
+
             message += " (throttled)"
             wait = retry_after(response)
             hint = f"throttled by the service: try again in {wait:.0f} s" if wait else None
@@ -288,6 +299,8 @@ def _answer(response: HttpResponse, *, profile: Optional[str], what: str) -> dic
             error="malformed_response",
         )
     if "error" in body:
+        from ._http import HttpResponse
+
         raise parse_error(HttpResponse(400, response.headers, response.content),
                           profile=profile, what=what)
     return body

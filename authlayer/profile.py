@@ -8,18 +8,14 @@ where to find one; they are read when a token request needs them, and never show
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
-import logging
 import os
-import secrets
 import stat
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _fileperms
+from ._log import log
 from .errors import ConfigError
 from .hosts import HostPolicy
 from .registry import BUILTIN_FLOWS as FLOWS
@@ -37,7 +33,6 @@ __all__ = [
     "SecretSource",
 ]
 
-log = logging.getLogger("authlayer")
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 
@@ -141,6 +136,9 @@ class SecretSource:
 
 def keyed_hash(text: str) -> str:
     """``text`` hashed with this installation's salt: for cache keys that must not reveal it."""
+    import hashlib  # here: OpenSSL's start costs every start, and most profiles hash nothing
+    import hmac
+
     digest = hmac.new(installation_salt(), text.encode(), hashlib.sha256)
     return digest.hexdigest()[:32]
 
@@ -173,7 +171,10 @@ def _load_salt(folder: str) -> bytes:
     path = os.path.join(folder, SALT_FILE)
     try:
         salt = _read_salt(path)
-        if salt is None:
+        if salt is None:  # once per installation: these imports cost start-up time
+            import secrets
+            import tempfile
+
             os.makedirs(folder, mode=0o700, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{SALT_FILE}.", suffix=".tmp", dir=folder)
             try:
@@ -197,6 +198,8 @@ def _load_salt(folder: str) -> bytes:
             "tokens that the file cache holds for profiles with an inline secret are not "
             "found by other processes", path, reason,
         )
+        import secrets
+
         return secrets.token_bytes(_SALT_HEX // 2)
     return salt
 

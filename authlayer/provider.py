@@ -26,8 +26,6 @@ path, which runs only on a miss, a refresh, or after a 401:
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 import sys
 import threading
@@ -39,7 +37,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 
 from . import registry
-from ._http import Action, Call, run_async, run_sync
+from ._actions import Action, Call, run_async, run_sync
+from ._log import log
 from ._singleflight import SingleFlight
 from .errors import AuthLayerError
 from .flows import FlowContext, default_prompt
@@ -55,7 +54,6 @@ __all__ = ["FORCED", "LOGIN", "PLAIN", "POLICY", "PROVIDER", "Binding", "CachedT
            "Need", "Policy", "Provider", "Want", "after_401", "for_claims", "get_token",
            "get_token_async", "reset"]
 
-log = logging.getLogger("authlayer")
 
 # After a failed refresh ahead of expiry, wait this long before trying again (or half the time
 # the token has left, whichever is shorter, but at least RETRY_REFRESH_MIN).
@@ -189,6 +187,8 @@ POLICY: dict[Want, Policy] = {
 
 
 def _digest(text: str) -> str:
+    import hashlib
+
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
@@ -389,6 +389,8 @@ class Provider:
         self._loads: SingleFlight[tuple[Any, ...], Binding] = SingleFlight()  # async loads
         self._guard = threading.Lock()
         self._bindings: dict[tuple[Any, ...], Binding] = {}
+        # The same call signatures, straight to their binding's slot: the hot path's one read.
+        self._memo: dict[tuple[Any, ...], _Slot] = {}
         self._stamps: dict[str, Optional[tuple[int, int, int]]] = {}  # profiles files in use
         self._memory_store = MemoryStore()
         self._sweep_above = SWEEP_ABOVE
@@ -439,8 +441,11 @@ class Provider:
             self._watch(loaded.config_path)
         with self._guard:
             if len(self._bindings) >= MAX_BINDINGS:  # forget the oldest one, not all
-                self._bindings.pop(next(iter(self._bindings)), None)
+                oldest = next(iter(self._bindings))
+                del self._bindings[oldest]
+                self._memo.pop(oldest, None)
             self._bindings[args] = binding
+            self._memo[args] = binding.slot
         return binding
 
     def with_cae(self, binding: Binding) -> Binding:
@@ -522,6 +527,7 @@ class Provider:
                 self._stamps.pop(path, None)
             for args in [a for a, b in self._bindings.items() if b.base.config_path in gone]:
                 del self._bindings[args]
+                self._memo.pop(args, None)
         log.debug("a profiles file changed; it will be read again")
 
     def cached(self, profile: Optional[str], config: PathArg, scope: ScopeArg,
@@ -529,12 +535,12 @@ class Provider:
         """The cached entry for these call arguments if it may be served as it is (the hot
         path of the async callers; :func:`get_token` has it inline)."""
         try:
-            binding = self._bindings.get(_args(profile, config, scope, tenant, user_assertion))
+            slot = self._memo.get(_args(profile, config, scope, tenant, user_assertion))
         except TypeError:  # an unhashable argument: the slow path says what is wrong
             return None
-        if binding is None:
+        if slot is None:
             return None
-        entry = binding.slot.entry
+        entry = slot.entry
         if entry is None:
             return None
         now = self.clock()
@@ -959,6 +965,7 @@ class Provider:
             self._rejected.clear()
             self._refusals.clear()
             self._bindings.clear()
+            self._memo.clear()
             self._stamps.clear()
             self._memory_store = MemoryStore()
             self._sweep_above = SWEEP_ABOVE
@@ -1071,8 +1078,8 @@ def get_token(
     ``force_refresh`` skips the cache; ``prompt`` shows sign-in instructions (default: standard
     error). Raises :class:`~authlayer.ConfigError` or :class:`~authlayer.TokenError`.
     """
-    # The hot path: one dict read keyed by the call's own arguments (what _args builds), the
-    # binding's slot (no key to hash), one look at the clock.
+    # The hot path: one dict read keyed by the call's own arguments (what _args builds) gives
+    # the binding's slot (no key to hash); its entry; one look at the clock.
     provider = PROVIDER
     if profile is None or config is None:
         args: tuple[Any, ...] = (profile, config, scope, tenant, user_assertion,
@@ -1081,11 +1088,11 @@ def get_token(
     else:
         args = (profile, config, scope, tenant, user_assertion)
     try:
-        binding = provider._bindings.get(args)
+        slot = provider._memo.get(args)
     except TypeError:  # a list of scopes: the slow path makes it a tuple
-        binding = None
-    if binding is not None and not force_refresh:
-        entry = binding.slot.entry
+        slot = None
+    if slot is not None and not force_refresh:
+        entry = slot.entry
         if entry is not None:
             now = provider.clock()
             if now < entry.refresh_on and now < provider.recheck_at:

@@ -19,11 +19,11 @@ Everything a plugin gives is wrapped here: its errors become :class:`ConfigError
 from __future__ import annotations
 
 import importlib
-import logging
 import threading
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 
+from ._log import log
 from .errors import AuthLayerError, ConfigError, TokenError, redact
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ __all__ = [
     "unavailable",
 ]
 
-log = logging.getLogger("authlayer")
 _T = TypeVar("_T")
 
 # The built-in flows, in the order they are listed to people.

@@ -19,7 +19,6 @@ key starts with ``account_key + "|"``. The persistent store is
 
 from __future__ import annotations
 
-import heapq
 import threading
 import time
 from typing import Any, Callable, Optional, Protocol
@@ -243,6 +242,8 @@ class MemoryStore:
         for key in [k for k, r in self._tokens.items() if expires_on(r) <= now]:
             del self._tokens[key]
         if len(self._tokens) > MAX_RECORDS:
+            import heapq  # rarely: not worth its start-up time
+
             excess = len(self._tokens) - (MAX_RECORDS - MAX_RECORDS // 10)
             soonest = heapq.nsmallest(excess, self._tokens.items(),
                                       key=lambda kv: expires_on(kv[1]))

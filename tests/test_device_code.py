@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from authlayer import EntraAuth, TokenError, _http, get_token, get_token_async, jwt
+from authlayer import EntraAuth, TokenError, _actions, get_token, get_token_async, jwt
 from authlayer._http import HttpResponse, Send, Sleep, run_sync
 from authlayer.cli import main
 from authlayer.config import load_profile
@@ -171,7 +171,7 @@ def test_ctrl_c_while_polling_propagates_and_leaves_nothing_behind(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(_http, "time", types.SimpleNamespace(
+        patch.setattr(_actions, "time", types.SimpleNamespace(
             sleep=interrupted, time=time.time, perf_counter=time.perf_counter))
         with pytest.raises(KeyboardInterrupt):
             get_token(me, prompt=Approver(emu, person, action="nothing"))

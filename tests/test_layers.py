@@ -27,7 +27,8 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(("authlayer.config", "authlayer.config._find", "authlayer.config._layers",
                      "authlayer.config._build", "authlayer.registry", "authlayer.chains"), 3),
     "authlayer.flows": 2,  # and every module in it
-    **dict.fromkeys(("authlayer.oauth", "authlayer._http", "authlayer._loopback",
+    **dict.fromkeys(("authlayer.oauth", "authlayer._http", "authlayer._actions",
+                     "authlayer._loopback",
                      "authlayer._browser", "authlayer._process", "authlayer.store",
                      "authlayer.filecache", "authlayer.stores", "authlayer.config._keys",
                      "authlayer.config._sources"), 1),
@@ -35,7 +36,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(("authlayer.schema", "authlayer.profile", "authlayer.token",
                      "authlayer.errors", "authlayer.hosts", "authlayer.jwt",
                      "authlayer.certificate", "authlayer._version", "authlayer._fileperms",
-                     "authlayer._entrypoints"), 0),
+                     "authlayer._entrypoints", "authlayer._log"), 0),
 }
 
 # (importer, imported): why this import may go up.
@@ -68,7 +69,8 @@ NEVER_EXCEPT = {
         "the AZURE_* variables are checked like the keys of a profile (a leaf module)",
 }
 # _http is transport only: what it may import at all.
-HTTP_IMPORTS = {"authlayer.errors", "authlayer._version", "authlayer.hosts", "authlayer.token"}
+HTTP_IMPORTS = {"authlayer.errors", "authlayer._version", "authlayer.hosts", "authlayer.token",
+                "authlayer._log", "authlayer._actions"}
 
 
 class Import(NamedTuple):
@@ -179,6 +181,9 @@ def test_module_groups_that_never_import_each_other(importer: str, imported: str
 def test_http_is_transport_only() -> None:
     imported = {i.imported for i in IMPORTS if i.importer == "authlayer._http"}
     assert imported <= HTTP_IMPORTS
+    # The actions and their drivers hand each request to _http, and know nothing else.
+    assert {i.imported for i in IMPORTS if i.importer == "authlayer._actions"} == {
+        "authlayer._http"}
 
 
 def test_nothing_below_the_adapters_imports_the_package_root() -> None:

@@ -8,16 +8,14 @@ keys of the file are checked. Messages never quote a value that may be a secret.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
 import re
 import stat
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, time
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
@@ -55,11 +53,13 @@ MULTI_TENANTS = ("organizations", "common", "consumers")
 MAX_TIMEOUT = 600.0
 DEFAULT_TIMEOUT = 30.0
 
-_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+# Patterns, compiled at their first use by re's own cache: compiling them all (the domain's
+# alone takes a millisecond) would cost every start, and most profiles need one or none.
+_GUID = r"(?i)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN = re.compile(rf"(?:{_LABEL}\.)+{_LABEL}", re.IGNORECASE)
-_HOST = re.compile(r"\.?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?", re.IGNORECASE)
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_DOMAIN = rf"(?i)(?:{_LABEL}\.)+{_LABEL}"
+_HOST = r"(?i)\.?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?"
+_BARE_KEY = r"[A-Za-z0-9_-]+"
 
 
 
@@ -85,6 +85,8 @@ def _type_name(value: object) -> str:
 
 def _suggest(word: str, choices: Iterable[str], aliases: Optional[Mapping[str, str]] = None) -> str:
     """``"; did you mean 'x'?"`` for the nearest choice, or ``""``."""
+    import difflib  # only for a mistake: it costs start-up time
+
     choices = list(choices)
     if aliases and word.lower() in aliases and aliases[word.lower()] in choices:
         return f"; did you mean {aliases[word.lower()]!r}?"
@@ -111,7 +113,7 @@ def _control(value: str) -> Optional[str]:
 
 
 def _toml_key(name: str) -> str:
-    return name if _BARE_KEY.fullmatch(name) else '"' + name.replace('"', '\\"') + '"'
+    return name if re.fullmatch(_BARE_KEY, name) else '"' + name.replace('"', '\\"') + '"'
 
 
 def _one_of(choices: Iterable[str]) -> str:
@@ -125,8 +127,7 @@ def _one_of(choices: Iterable[str]) -> str:
 DEFAULTS_ORIGIN = "set in [defaults]"
 
 
-@dataclass(frozen=True)
-class Value:
+class Value(NamedTuple):  # not a dataclass: making one costs start-up time
     """A key's value as written, and where it came from: ``""`` when set on the profile itself,
     else ``"set in [defaults]"``, ``"inherited from profile 'x'"``, ``"from $VAR"``, ..."""
 
@@ -273,7 +274,8 @@ def _tenant(value: Any, where: Where) -> str:
     expected = "a tenant GUID or domain, or one of " + _one_of(MULTI_TENANTS)
     given = where.string(value, expected)
     tenant = given.lower()
-    if not (tenant in MULTI_TENANTS or _GUID.fullmatch(tenant) or _DOMAIN.fullmatch(tenant)):
+    if not (tenant in MULTI_TENANTS or re.fullmatch(_GUID, tenant)
+            or re.fullmatch(_DOMAIN, tenant)):
         raise where.error(
             f"tenant {_short(given)} is not a tenant GUID, a domain (like "
             "contoso.onmicrosoft.com) or one of " + _one_of(MULTI_TENANTS)
@@ -427,7 +429,7 @@ def _port(value: Any, where: Where) -> int:
 def _object_id(value: Any, where: Where) -> str:
     expected = "the managed identity's object (principal) id, a GUID"
     text = where.text(value, expected)
-    if not _GUID.fullmatch(text):
+    if not re.fullmatch(_GUID, text):
         raise where.error(f"object_id must be {expected}")
     return text
 
@@ -485,7 +487,7 @@ def _allowed_tenants(value: Any, where: Where) -> tuple[str, ...]:
             raise where.error(f"additionally_allowed_tenants item {number} must be a tenant, "
                               f"not {_type_name(item)}")
         tenant = item.strip().lower()
-        if tenant != "*" and not (_GUID.fullmatch(tenant) or _DOMAIN.fullmatch(tenant)):
+        if tenant != "*" and not (re.fullmatch(_GUID, tenant) or re.fullmatch(_DOMAIN, tenant)):
             raise where.error(f"additionally_allowed_tenants item {number} ({_short(item)}) "
                               "is not a tenant GUID, a domain or \"*\"")
         tenants.append(tenant)
@@ -533,7 +535,7 @@ def _host(number: int, item: str, where: Where) -> str:
         raise bad("has a wildcard: write '.example.com' to allow example.com's subdomains")
     if not host.isascii():
         raise bad("is not ASCII: give the host in its punycode (xn--) form")
-    if not _HOST.fullmatch(host):
+    if not re.fullmatch(_HOST, host):
         raise bad("is not a host name")
     problem = public_suffix_problem(host)
     if problem:
@@ -542,6 +544,8 @@ def _host(number: int, item: str, where: Where) -> str:
 
 
 def _cache(value: Any, where: Where) -> Any:
+    if value in CACHES:  # the usual: no need to import the stores
+        return value
     from ..stores import parse_cache  # light: redis is imported when a store opens
 
     return parse_cache(value, where)

@@ -9,7 +9,6 @@ import os
 import stat
 import sys
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..errors import ConfigError
@@ -28,17 +27,19 @@ __all__ = ["MAX_FILE_BYTES", "clear_cache"]
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
 
-@dataclass
 class _File:
-    """A parsed profiles file whose top level has been checked; profiles are built on demand."""
+    """A parsed profiles file whose top level has been checked; profiles are built on demand.
+    (A plain class: making a dataclass costs start-up time.)"""
 
-    path: str
-    defaults: dict[str, Any]
-    profiles: dict[str, dict[str, Any]]
-    # (name, scope, tenant) -> the profile, and the environment variables it was built from
-    built: dict[Any, tuple[Profile, tuple[tuple[str, Optional[str]], ...]]] = field(
-        default_factory=dict
-    )
+    __slots__ = ("built", "defaults", "path", "profiles")
+
+    def __init__(self, path: str, defaults: dict[str, Any],
+                 profiles: dict[str, dict[str, Any]]) -> None:
+        self.path = path
+        self.defaults = defaults
+        self.profiles = profiles
+        # (name, scope, tenant) -> the profile, and the environment variables it was built from
+        self.built: dict[Any, tuple[Profile, tuple[tuple[str, Optional[str]], ...]]] = {}
 
     @property
     def directory(self) -> str:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import stat
-import subprocess
 import threading
 import time
 from collections.abc import Generator, Mapping
@@ -156,6 +155,8 @@ def _read_file(ref: str, ctx: ReadContext) -> str:
 
 
 def _run(ref: tuple[str, ...], ctx: ReadContext) -> str:
+    import subprocess  # only for a command source: it costs start-up time
+
     argv = list(ref)
     shown = argv[0]
     try:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from .. import jwt
-from .._http import Action
+from .._actions import Action
 from ..errors import TokenError
 from ..oauth import refresh_grant
 from ..profile import Secret

@@ -9,7 +9,7 @@ comes back to ``http://localhost:{port}`` with ``code`` and ``state``; requests 
 host, and callbacks with a wrong or missing ``state``, are answered and ignored, an ``error``
 callback ends the flow with a :class:`~authlayer.errors.TokenError`, and so does
 :data:`SIGN_IN_TIMEOUT` without a callback.
-The wait is blocking work, so it is yielded as a :class:`~authlayer._http.Call` (a worker
+The wait is blocking work, so it is yielded as a :class:`~authlayer._actions.Call` (a worker
 thread under async). The listener is always closed, at once. Then the code is redeemed with its
 verifier (and the client's credential for a confidential client). A refresh token in the cache
 is tried first, silently, except for a fresh sign-in (``ctx.fresh_sign_in``, ``authlayer
@@ -30,8 +30,8 @@ from dataclasses import replace
 from typing import Any, Optional
 from urllib.parse import urlencode
 
+from .._actions import Action, call
 from .._browser import open_browser
-from .._http import Action, call
 from .._loopback import LoopbackListener
 from ..errors import TokenError, redact
 from ..oauth import claims_request, endpoint, exchange

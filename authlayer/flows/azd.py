@@ -7,7 +7,7 @@ profile's ``timeout`` seconds, after which its whole process tree is stopped
 ``{"token": ..., "expiresOn": "<RFC 3339>"}`` on standard output; on failure, the message azd
 prints (its JSON ``error`` field, or the older ``consoleMessage``), with "run ``azd auth
 login``" when it is not signed in. azd keeps and refreshes its own tokens, so nothing is kept
-here beyond the access token. Running azd is a :class:`~authlayer._http.Call` action.
+here beyond the access token. Running azd is a :class:`~authlayer._actions.Call` action.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Generator
 from typing import Any, Optional
 
-from .._http import Action, call
+from .._actions import Action, call
 from .._process import run, safe_argument, which
 from ..errors import TokenError, redact
 from ..profile import Profile

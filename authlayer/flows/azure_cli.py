@@ -14,7 +14,7 @@ and ``az login`` as someone else take effect at the next token. When the cache c
 service principal or a managed identity, it runs ``az account get-access-token`` instead
 (without a shell, from a system folder, with a timeout that stops its whole process tree).
 :func:`cache_identity` names the account and tenant that would be used, for the cache key. File
-reads and the ``az`` run (:mod:`authlayer._process`) are :class:`~authlayer._http.Call` actions;
+reads and the ``az`` run (:mod:`authlayer._process`) are :class:`~authlayer._actions.Call` actions;
 the token request is :mod:`authlayer.oauth`'s (the shared refresh grant).
 """
 
@@ -35,7 +35,7 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from .. import jwt
-from .._http import Action, call
+from .._actions import Action, call
 from .._process import run, which
 from ..errors import TokenError, redact
 from ..oauth import refresh_grant, refresh_time

@@ -8,7 +8,7 @@ substance: it needs the ``Az.Accounts`` module (2.2.0 or later), asks ``Get-AzAc
 the profile's resource (and tenant), turns a ``SecureString`` token into text, and prints one
 line ``azsdk%<token>%<expires on, Unix seconds>``, which is what is read back. Its failures are
 read as azure-identity reads them ("run ``Connect-AzAccount``", module missing, execution
-policy). Running PowerShell is a :class:`~authlayer._http.Call` action.
+policy). Running PowerShell is a :class:`~authlayer._actions.Call` action.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Generator
 from typing import Any, Optional
 
-from .._http import Action, call
+from .._actions import Action, call
 from .._process import run, safe_argument, which
 from ..errors import TokenError, redact
 from ..profile import Profile

@@ -3,7 +3,7 @@
 The flow asks ``{authority}/{tenant}/oauth2/v2.0/devicecode`` for a code, shows the service's
 instructions through ``ctx.prompt`` (standard error by default), then polls the token endpoint
 every ``interval`` seconds (never faster than :data:`MIN_INTERVAL`) by yielding
-:class:`~authlayer._http.Sleep` actions, so it never blocks an event loop:
+:class:`~authlayer._actions.Sleep` actions, so it never blocks an event loop:
 ``authorization_pending`` keeps polling, ``slow_down`` adds five seconds, anything else ends the
 flow. The last poll is made at the code's deadline, so that an approval in the last interval is
 not lost. When the cache holds a refresh token from an earlier sign-in, that is tried first,
@@ -18,7 +18,7 @@ from collections.abc import Generator
 from dataclasses import replace
 from typing import Any, Optional
 
-from .._http import Action, Sleep
+from .._actions import Action, Sleep
 from ..errors import TokenError
 from ..oauth import endpoint, exchange, post
 from ..token import TokenResult

@@ -14,7 +14,7 @@ VMs, scale sets and most other hosts, at ``http://169.254.169.254`` or
 ``resource_id`` picks a user-assigned identity where the source has them. The resource is the
 profile's one scope without ``/.default``. Requests to a managed identity endpoint never go
 through a proxy. This module only builds requests and reads answers; :mod:`authlayer._http`
-sends them (and reads Arc's key file through a :class:`~authlayer._http.Call`).
+sends them (and reads Arc's key file through a :class:`~authlayer._actions.Call`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from .._http import Action
+from .._actions import Action
 from ..oauth import exchange
 from ..token import TokenResult
 from . import FlowContext

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Generator
 from typing import Any
 
-from .._http import Action
+from .._actions import Action
 from ..oauth import Form, exchange, secret_of
 from ..profile import Profile
 from ..token import TokenResult

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Generator
 from typing import Any, Optional
 
-from .._http import Action
+from .._actions import Action
 from ..errors import TokenError
 from ..oauth import secret_of
 from ..profile import Profile, Secret

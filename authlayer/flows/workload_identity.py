@@ -16,7 +16,7 @@ import os
 from collections.abc import Generator
 from typing import Any, Optional
 
-from .._http import Action
+from .._actions import Action
 from ..errors import ConfigError
 from ..oauth import ASSERTION_TYPE, exchange, read_secret
 from ..profile import Profile

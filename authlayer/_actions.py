@@ -1,0 +1,149 @@
+"""What a flow yields, and the two drivers that carry it out.
+
+A flow is a generator that never does I/O: it yields actions and receives their results.
+:class:`Send` makes one HTTP attempt, :class:`Sleep` waits, :class:`Call` runs a blocking
+function (a file or command secret source, a token cache, ``az``); :func:`call` is ``Call``
+with its result typed. :func:`run_sync` carries a flow out with blocking calls,
+:func:`run_async` without blocking an event loop (asyncio or trio).
+
+This module is light on purpose: a token served from a cache runs a flow of ``Call`` actions
+only (reading the token cache), and must not pay for HTTP. A ``Send`` is handed to
+:mod:`authlayer._http`, the one HTTP boundary, imported at the first request actually sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ._http import HttpRequest
+
+__all__ = ["Action", "Call", "Flow", "Send", "Sleep", "call", "on_wait", "run_async",
+           "run_sync"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Send:
+    """Action: make one HTTP attempt. Answered with :class:`~authlayer._http.HttpResponse` or
+    :class:`~authlayer._http.ConnectionFailed`."""
+
+    request: HttpRequest
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Action: wait ``seconds`` (without blocking an event loop). Answered with ``None``.
+    ``why`` says what for, in words a person reads ("waiting for the sign-in"): the command
+    line shows it on a terminal while it waits (:data:`on_wait`)."""
+
+    seconds: float
+    why: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Call:
+    """Action: run a blocking function (in a worker thread under async). Answered with its
+    result; its exception is thrown into the flow."""
+
+    fn: Callable[[], Any]
+
+
+Action = Union[Send, Sleep, Call]
+Flow = Generator[Action, Any, T]
+
+# Told of every wait before the drivers make it: the command line sets it to show progress on a
+# terminal (device-code polling, retries). Never set by the library itself.
+on_wait: Optional[Callable[[Sleep], None]] = None
+
+
+def call(fn: Callable[[], T]) -> Flow[T]:
+    """``result = yield from call(fn)``: :class:`Call` with ``fn``'s result typed as it returns
+    it, so that a flow needs no ``isinstance`` check on what the driver sent back."""
+    result: T = yield Call(fn)
+    return result
+
+
+def run_sync(flow: Flow[T]) -> T:
+    """Run a flow to completion with blocking I/O."""
+    clients: dict[tuple[bool, Optional[str]], httpx.Client] = {}
+    try:
+        action = next(flow)
+        while True:
+            try:
+                if isinstance(action, Send):
+                    from . import _http  # only now: a flow served from a cache sends nothing
+
+                    req = action.request
+                    kind = (req.via_proxy, req.pin)
+                    client = clients.get(kind)
+                    if client is None:
+                        client = clients[kind] = _http.new_client(False, *kind)
+                    result: Any = _http.exchange_sync(client, req)
+                elif isinstance(action, Sleep):
+                    if on_wait is not None:
+                        on_wait(action)
+                    time.sleep(action.seconds)
+                    result = None
+                else:
+                    result = action.fn()
+            except Exception as exc:
+                action = flow.throw(exc)
+                continue
+            action = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        flow.close()
+        for client in clients.values():
+            client.close()
+
+
+async def run_async(flow: Flow[T]) -> T:
+    """Run a flow to completion without blocking the event loop (asyncio or trio)."""
+    import anyio
+    import anyio.to_thread
+
+    from . import _http
+
+    clients: dict[tuple[bool, Optional[str]], httpx.AsyncClient] = {}
+    # A worker thread of our own: if every thread of the shared pool is busy (sync callers
+    # waiting for this very acquisition, say), the flow must still be able to go on.
+    own_thread = anyio.CapacityLimiter(1)
+    try:
+        action = next(flow)
+        while True:
+            try:
+                if isinstance(action, Send):
+                    req = action.request
+                    kind = (req.via_proxy, req.pin)
+                    client = clients.get(kind)
+                    if client is None:
+                        # Loading the CA bundle and building a client take tens of ms the
+                        # first time: not on the event loop.
+                        client = clients[kind] = await anyio.to_thread.run_sync(
+                            _http.new_client, True, *kind, limiter=own_thread)
+                    result: Any = await _http.exchange_async(client, req)
+                elif isinstance(action, Sleep):
+                    if on_wait is not None:
+                        on_wait(action)
+                    await anyio.sleep(action.seconds)
+                    result = None
+                else:
+                    result = await anyio.to_thread.run_sync(action.fn, limiter=own_thread)
+            except Exception as exc:
+                action = flow.throw(exc)
+                continue
+            action = flow.send(result)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        flow.close()
+        for client in clients.values():
+            await client.aclose()

@@ -1,0 +1,71 @@
+"""Issue 11, items 17 and 18: what keeps the cached call and the start-up cheap keeps doing
+what it did (the costs themselves are measured in benchmarks/, never timed here)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, Optional
+
+import pytest
+
+from authlayer import get_token, provider
+from authlayer._log import log
+from authlayer.filecache import default_path
+from authlayer.provider import PROVIDER
+
+from .conftest import Profiles
+
+
+def _memo_matches_bindings() -> bool:
+    return PROVIDER._memo == {args: b.slot for args, b in PROVIDER._bindings.items()}
+
+
+def test_the_memo_forgets_the_call_signatures_the_bindings_forget(
+    app_profile: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provider, "MAX_BINDINGS", 5)
+    name = app_profile("m")
+    for i in range(10):
+        PROVIDER.bind(name, tenant=f"t{i}.example.com")
+    assert len(PROVIDER._memo) == 5
+    assert _memo_matches_bindings()
+
+
+def test_a_changed_profiles_file_empties_the_memo_of_its_calls(
+    app_profile: Callable[..., str], profiles: Profiles
+) -> None:
+    first = get_token(app_profile("a"))
+    with profiles.path.open("a", encoding="utf-8") as file:  # the file changes under us
+        file.write("\n[profiles.b]\nflow = \"managed_identity\"\n")
+    PROVIDER.recheck_at = 0.0  # as if a second had passed
+    PROVIDER.check_files()
+    assert PROVIDER._memo == {}
+    assert get_token("a") == first  # the profile is read again; its token is still cached
+    assert _memo_matches_bindings()
+
+
+def test_log_records_name_the_module_that_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="authlayer"):
+        log.debug("hello %s", "there")
+    [record] = [r for r in caplog.records if r.getMessage() == "hello there"]
+    assert record.name == "authlayer"
+    assert record.module == "test_perf_paths"  # the caller's, not the lazy logger's
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="elsewhere platformdirs itself answers")
+@pytest.mark.parametrize("xdg", [None, "/somewhere/cache", "relative/cache"])
+def test_the_default_token_cache_is_where_platformdirs_puts_it(
+    monkeypatch: pytest.MonkeyPatch, xdg: Optional[str]
+) -> None:
+    import platformdirs
+
+    monkeypatch.delenv("AUTHLAYER_CACHE_DIR", raising=False)
+    if xdg is None:
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+    folder = platformdirs.user_cache_dir("authlayer", appauthor=False)
+    assert default_path() == os.path.join(os.path.abspath(folder), "tokens.json")
