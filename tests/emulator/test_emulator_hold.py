@@ -88,7 +88,8 @@ def test_reset_releases_every_hold(em: Emulator) -> None:
         token.wait_for(1)
         em.reset()
         assert answer.result() == 200
-    assert token.released and api.released
+    assert token.released
+    assert api.released
 
 
 def test_stop_releases_held_requests_and_joins_their_threads() -> None:
