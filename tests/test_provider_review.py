@@ -108,8 +108,10 @@ def test_concurrent_claims_challenges_make_one_token_request(emu: Emulator,
     get_token(cc_profile)
     emu.reset()
     emu.claims_challenge(16)
-    # The claims token request is held until the 15 other challenged callers wait for it.
-    release_when(emu.hold(), lambda: waiting_callers() == 15)
+    # Token requests are held until every caller waits: for the token with claims, or for a
+    # new plain one (a challenge drops the challenged token) to be challenged in turn.
+    gate = emu.hold()
+    release_when(gate, lambda: waiting_callers() + gate.held >= 16)
 
     def call() -> int:
         with httpx.Client(auth=auth) as c:
