@@ -175,7 +175,10 @@ def test_a_leader_killed_mid_request_is_taken_over(
     name = write_profile(profiles, emu, app, json.dumps(server.url), monkeypatch, secret,
                          timeout=2)  # the lock lasts 2 + FLEET_GRACE (5) seconds
     go = tmp_path / "go"
-    followers = [Worker(name, "--threads", "4", "--go", str(go)) for _ in range(2)]
+    # The followers wait longer than the dead leader's lock lasts (which they would not, by a
+    # few milliseconds, with the same grace): one takes over, the other takes its token.
+    followers = [Worker(name, "--threads", "4", "--go", str(go), "--grace", "30")
+                 for _ in range(2)]
     gate = emu.hold(count=1)  # the leader's token request is held (never answered)
     leader = Worker(name)
     gate.wait_for(1)
