@@ -101,8 +101,9 @@ class Hold:
     """Requests to ``endpoint`` (or to any, for ``"any"``) wait until :meth:`release`.
 
     Made by ``Emulator.hold``; ``count`` holds only the next ``count`` matching requests
-    (``None``: all of them). ``with emu.hold() as gate:`` releases it at the end of the block;
-    the emulator's ``reset()`` and ``stop()`` release it too, so that nothing waits forever.
+    (``None``: all of them). ``with emu.hold() as gate:`` releases it at the end of the block.
+    The emulator's ``reset()`` and ``stop()`` :meth:`abandon` it, so that nothing waits forever
+    and nothing held for a test that is over is answered (or takes a fault) in the next one.
     """
 
     def __init__(self, endpoint: str = "token", count: Optional[int] = None) -> None:
@@ -110,6 +111,7 @@ class Hold:
         self.count = count
         self._cond = threading.Condition()
         self._released = False
+        self._abandoned = False
         self._held = 0
         self._arrived = 0
 
@@ -133,11 +135,12 @@ class Hold:
     def matches(self, endpoint: str) -> bool:
         return self.endpoint in (endpoint, "any")
 
-    def enter(self) -> None:
-        """Called by the server for a matching request: wait until released."""
+    def enter(self) -> bool:
+        """Called by the server for a matching request: wait until released. False if the hold
+        was abandoned instead: the request gets no answer (its connection is closed)."""
         with self._cond:
             if self._released or (self.count is not None and self._arrived >= self.count):
-                return
+                return True
             self._arrived += 1
             self._held += 1
             self._cond.notify_all()
@@ -146,6 +149,7 @@ class Hold:
                     self._cond.wait()
             finally:
                 self._held -= 1
+            return not self._abandoned
 
     def wait_for(self, n: int = 1, timeout: Optional[float] = None) -> bool:
         """Wait until ``n`` requests have been held (they stay held until :meth:`release`).
@@ -156,6 +160,15 @@ class Hold:
     def release(self) -> None:
         """Let every held request go on, and hold no more. Safe to call twice."""
         with self._cond:
+            self._released = True
+            self._cond.notify_all()
+
+    def abandon(self) -> None:
+        """Let every held request go without an answer (its connection is closed), and hold no
+        more: what the emulator's ``reset()`` and ``stop()`` do."""
+        with self._cond:
+            if not self._released:
+                self._abandoned = True
             self._released = True
             self._cond.notify_all()
 

@@ -7,7 +7,7 @@ request is read in full (``Content-Length`` or chunked), recorded, held, delayed
 as the holds and pending faults say, and handed to the handler the routing table names.
 Handlers are plain functions of ``(emulator, Request) -> Response`` registered in
 ``routes.py``/``grants.py``; this module is the only one that touches sockets. ``stop()``
-closes the listener and every open connection, releases every hold and joins every thread it
+closes the listener and every open connection, abandons every hold and joins every thread it
 started.
 """
 
@@ -357,7 +357,7 @@ class Emulator:
         if server is None:
             return
         self._stopping.set()
-        self._release_holds()
+        self._abandon_holds()
         server.wake()
         if self._thread is not None:
             self._thread.join(5)
@@ -614,7 +614,8 @@ class Emulator:
         waits until ``n`` are held, ``gate.release()`` lets them go on. ``count`` holds only
         the next ``count`` requests (``None``: every one). Held requests are recorded (so
         counted) at once; pending faults apply to them after the release. :meth:`reset` and
-        :meth:`stop` release every hold."""
+        :meth:`stop` abandon every hold: its requests get no answer (their connections are
+        closed), so that nothing held for one test runs in the next."""
         self._check_endpoint(endpoint)
         if count is not None and count < 1:
             raise ValueError(f"count must be 1 or more (or None), not {count!r}")
@@ -622,14 +623,14 @@ class Emulator:
         with self._holds_lock:
             self._holds = [h for h in self._holds if not h.released] + [gate]
         if self._stopping.is_set():
-            gate.release()
+            gate.abandon()
         return gate
 
-    def _release_holds(self) -> None:
+    def _abandon_holds(self) -> None:
         with self._holds_lock:
             holds, self._holds = self._holds, []
         for gate in holds:
-            gate.release()
+            gate.abandon()
 
     @property
     def pending_faults(self) -> list[Fault]:
@@ -655,8 +656,8 @@ class Emulator:
 
     def reset(self) -> None:
         """Forget the request log (so the counters), drop pending faults and challenges, and
-        release every hold."""
-        self._release_holds()
+        abandon every hold (its requests get no answer)."""
+        self._abandon_holds()
         with self._log_lock:
             self._requests.clear()
         self._faults.clear()
@@ -733,7 +734,8 @@ class Emulator:
         with self._holds_lock:
             holds = [h for h in self._holds if h.matches(endpoint)]
         for gate in holds:
-            gate.enter()
+            if not gate.enter():
+                return None  # held for a test that is over: no answer, no fault taken
         self._sleep(self.latency)
         fault = self._faults.take(endpoint)
         if fault is not None:

@@ -81,18 +81,22 @@ def test_leaving_the_with_block_releases(em: Emulator) -> None:
         assert answer.result() == 200
 
 
-def test_reset_releases_every_hold(em: Emulator) -> None:
+def test_reset_abandons_every_hold_and_its_requests_take_no_later_fault(em: Emulator) -> None:
     token, api = em.hold(), em.hold(endpoint="any")
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(_post, em)
         token.wait_for(1)
-        em.reset()
-        assert answer.result() == 200
+        em.reset()  # the test that held it is over: no answer
+        with pytest.raises(httpx.RemoteProtocolError):
+            answer.result()
     assert token.released
     assert api.released
+    em.inject("status", status=429)  # the next test's fault is for the next test's request
+    assert len(em.pending_faults) == 1
+    assert _post(em) == 429
 
 
-def test_stop_releases_held_requests_and_joins_their_threads() -> None:
+def test_stop_abandons_held_requests_and_joins_their_threads() -> None:
     em = Emulator().start()
     gate = em.hold()
     outcome: list[object] = []
@@ -110,6 +114,7 @@ def test_stop_releases_held_requests_and_joins_their_threads() -> None:
     assert gate.released
     caller.join()
     assert len(outcome) == 1
+    assert isinstance(outcome[0], httpx.HTTPError)  # no answer
     assert not [t for t in threading.enumerate() if t.name.startswith("authlayer-emulator")]
     assert em.hold().released  # a stopped emulator holds nothing
 
