@@ -11,6 +11,7 @@ import os
 import re
 import ssl
 import textwrap
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 import requests
 
 from authlayer import _http
-from authlayer.emulator import Emulator
+from authlayer.emulator import Emulator, Hold
 from authlayer.provider import PROVIDER
 
 # Environment variables that would change what authlayer does; tests start without them.
@@ -297,6 +298,35 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds, however long that takes (the pytest timeout is the
+    backstop): for events the tests cannot be told about directly."""
+    import time
+
+    while not condition():
+        time.sleep(0.001)
+
+
+def waiting_callers() -> int:
+    """How many callers wait for a token flight of PROVIDER under way (followers of a leader)."""
+    flights = PROVIDER._flights
+    with flights._guard:
+        return sum(flight.waiting for flight in flights._flights.values())
+
+
+def release_when(gate: Hold, condition: Callable[[], bool]) -> threading.Thread:
+    """Release ``gate`` from a thread of its own once ``condition()`` holds (e.g. every
+    follower waits for the held leader), for callers that cannot release it themselves (an
+    event loop the test runs). Stops early if the gate is released otherwise (a reset)."""
+    def watch() -> None:
+        until(lambda: gate.released or condition())
+        gate.release()
+
+    thread = threading.Thread(target=watch, name="release-when", daemon=True)
+    thread.start()
+    return thread
 
 
 def leaked(haystack: str, needles: list[Optional[str]]) -> list[str]:

@@ -2,9 +2,12 @@
 --threads N [--go FILE] [--then FILE] [--scope S]``. It loads authlayer, says ``ready`` on
 standard output, waits for ``--go`` to exist (so that every process of a stampede starts at
 once), gets a token from N threads at once, and prints one JSON line: the tokens its threads
-got. With ``--then``, it waits for that file and gets the token again until it changes (a
-refresh ahead of expiry landed), then prints a second line. A sign-in prompt ends it with
-status 3: the fleet must share a person's sign-in, not ask again."""
+got. With ``--then``, it waits for that file, moves its provider's clock on by the seconds the
+file holds (if any: instead of the test sleeping until the token is due), and gets the token
+again until it changes (a refresh ahead of expiry landed), then prints a second line. A sign-in
+prompt ends it with status 3: the fleet must share a person's sign-in, not ask again. ``--grace
+S`` sets this process's ``FLEET_GRACE`` (how much longer than the profile's timeout it waits for
+another process's lock)."""
 
 from __future__ import annotations
 
@@ -29,10 +32,14 @@ def main() -> None:
     parser.add_argument("--go")
     parser.add_argument("--then")
     parser.add_argument("--scope")
+    parser.add_argument("--grace", type=float)
     args = parser.parse_args()
 
-    from authlayer import get_token
+    from authlayer import get_token, provider
     from authlayer.provider import PROVIDER
+
+    if args.grace is not None:
+        provider.FLEET_GRACE = args.grace
 
     def no_prompt(message: str) -> None:
         print("asked to sign in", file=sys.stderr, flush=True)
@@ -58,6 +65,8 @@ def main() -> None:
     print(json.dumps({"tokens": got, "failed": failed}), flush=True)
     if args.then:
         wait_for(args.then)
+        later = float(Path(args.then).read_text() or 0)
+        PROVIDER.clock = lambda: time.time() + later
         first = got[0] if got else None
         deadline = time.monotonic() + 60
         token = first

@@ -25,7 +25,7 @@ import pytest
 from authlayer import ConfigError, EntraAuth, get_token
 from authlayer.emulator import Emulator
 
-from .conftest import Client
+from .conftest import Client, release_when, waiting_callers
 from .test_concurrency import _ticks_while
 
 
@@ -81,7 +81,8 @@ def test_a_scope_that_names_no_host_is_refused_by_every_client(emu: Emulator, cc
 
 def test_many_tasks_on_a_cold_cache_make_one_token_request(emu: Emulator,
                                                            cc_profile: str) -> None:
-    emu.latency = 0.2  # they all arrive while the first token request is under way
+    # The first token request is held until the 99 other tasks wait for it.
+    release_when(emu.hold(), lambda: waiting_callers() == 99)
 
     async def main() -> list[int]:
         async with session(EntraAuth(cc_profile),
@@ -119,16 +120,27 @@ def test_many_tasks_seeing_the_same_401_make_one_token_request(emu: Emulator,
 
 
 def test_the_event_loop_runs_while_the_token_is_fetched(emu: Emulator, cc_profile: str) -> None:
-    emu.latency = 0.5
+    token, api = emu.hold(), emu.hold(endpoint="api")
+    ticks = {"token": 0, "api": 0}
+
+    def tick() -> None:
+        for name, gate in (("token", token), ("api", api)):
+            if gate.held:
+                ticks[name] += 1
+                if ticks[name] == 10:
+                    gate.release()
+
     auth = EntraAuth(cc_profile)
 
     async def work() -> None:
         async with session(auth) as s, s.get(f"{emu.api_url}/x") as r:
             assert r.status == 200
 
-    # The profile read, the token request (0.5 s) and the API call (0.5 s): the loop kept
-    # running other tasks all along.
-    assert _ticks_while(work()) >= 20
+    # The token request and the API call are each answered only after the loop ran other
+    # tasks ten times while it waited: one that blocked the loop would never be answered.
+    _ticks_while(work(), tick)
+    assert ticks["token"] >= 10
+    assert ticks["api"] >= 10
 
 
 # ------------------------------------------------------------------ 401: what is sent again

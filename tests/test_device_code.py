@@ -25,7 +25,7 @@ from authlayer.emulator.users import revoke_refresh_tokens
 from authlayer.flows import FlowContext, _person, device_code
 from authlayer.provider import FORCED, PLAIN, PROVIDER
 
-from .conftest import Client, Profiles
+from .conftest import Client, Profiles, until
 from .signin_helpers import Approver, approve_in_background, new_person, write_profile
 
 
@@ -136,15 +136,13 @@ def test_pending_then_slow_down_then_approved(emu: Emulator, device: DeviceCodes
     device.slow_down(2)
 
     def person_approves_after_four_polls() -> None:
-        deadline = time.monotonic() + 5
-        while _polls(emu) < 4 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        until(lambda: _polls(emu) >= 4)
         device.approve(username=person)
 
     thread = threading.Thread(target=person_approves_after_four_polls, daemon=True)
     thread.start()
     get_token(me, prompt=Approver(emu, person, action="nothing"))
-    thread.join(5)
+    thread.join()
     assert _polls(emu) >= 5
 
 
@@ -189,12 +187,11 @@ def test_async_polling_does_not_block_the_event_loop(emu: Emulator, device: Devi
 
         async def the_person() -> None:
             nonlocal ticks
-            while device.latest() is None:
+            # The loop keeps running this task while the flow polls (twice, pending): a flow
+            # that blocked the loop would never be approved, and its code would expire.
+            while device.latest() is None or _polls(emu) < 2 or ticks < 4:
                 ticks += 1
                 await asyncio.sleep(0.005)
-            for _ in range(3):  # the loop keeps running while the flow polls
-                ticks += 1
-                await asyncio.sleep(0.02)
             device.approve(username=person)
 
         task = asyncio.create_task(the_person())
@@ -210,15 +207,21 @@ def test_async_polling_does_not_block_the_event_loop(emu: Emulator, device: Devi
 def test_a_cancelled_async_sign_in_stops_polling(emu: Emulator, device: DeviceCodes,
                                                  me: str) -> None:
     device.interval = 0.01
+    gate = emu.hold()  # the first poll is held: the task is cancelled while it waits
 
     async def run() -> None:
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(get_token_async(me, prompt=lambda message: None), 0.2)
+        task = asyncio.create_task(get_token_async(me, prompt=lambda message: None))
+        while not gate.held:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
     asyncio.run(run())
+    gate.release()
     polls = _polls(emu)
-    assert polls >= 1
-    time.sleep(0.1)
+    assert polls == 1
+    time.sleep(0.1)  # (a window for a poll that should not come)
     assert _polls(emu) == polls
 
 

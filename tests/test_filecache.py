@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -656,14 +655,14 @@ def test_processes_sharing_the_file_lose_no_entries(store: FileStore) -> None:
         for p in procs:  # every worker is started and imported: now let them race
             assert p.stdout is not None
             assert p.stdout.readline().strip() == "ready"
-        started = time.monotonic()
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
             p.stdin.close()
-        for p in procs:
+        for p in procs:  # every save returned (none gave up waiting for the lock)
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == "done"
             assert p.wait(timeout=60) == 0
-        elapsed = time.monotonic() - started
     finally:
         for p in procs:
             if p.poll() is None:  # pragma: no cover - only after a failure
@@ -680,7 +679,6 @@ def test_processes_sharing_the_file_lose_no_entries(store: FileStore) -> None:
         f"acct-{n}": f"rt-{n}-99" for n in range(8)
     }
     assert sorted(os.listdir(store.folder)) == ["tokens.json", "tokens.json.lock"]
-    assert elapsed < 30, f"800 saves by 8 processes took {elapsed:.1f} s"
 
 
 # ---------------------------------------------------------------------- through the provider

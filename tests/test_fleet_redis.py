@@ -175,12 +175,14 @@ def test_a_leader_killed_mid_request_is_taken_over(
     name = write_profile(profiles, emu, app, json.dumps(server.url), monkeypatch, secret,
                          timeout=2)  # the lock lasts 2 + FLEET_GRACE (5) seconds
     go = tmp_path / "go"
-    followers = [Worker(name, "--threads", "4", "--go", str(go)) for _ in range(2)]
-    emu.inject("latency", seconds=8)  # the leader's token request is held
+    # The followers wait longer than the dead leader's lock lasts (which they would not, by a
+    # few milliseconds, with the same grace): one takes over, the other takes its token.
+    followers = [Worker(name, "--threads", "4", "--go", str(go), "--grace", "30")
+                 for _ in range(2)]
+    gate = emu.hold(count=1)  # the leader's token request is held (never answered)
     leader = Worker(name)
-    wait_until(lambda: emu.count("token") == 1, "the leader's token request")
-    go.touch()
-    time.sleep(0.3)  # the followers find the leader's lock and wait
+    gate.wait_for(1)
+    go.touch()  # the followers find the leader's lock, which outlives the leader, and wait
     leader.process.send_signal(signal.SIGKILL)
     leader.kill()
     tokens = tokens_of(followers)
@@ -203,8 +205,10 @@ def test_refresh_ahead_is_fleet_wide(fleet: str, emu: Emulator, tmp_path: Path) 
     first = tokens_of(workers)
     assert len(set(first)) == 1
     emu.refresh_in = None
-    time.sleep(4.2)
-    then.touch()  # each process sees its token due: one of them refreshes it for all
+    # Each process moves its clock past the refresh time and sees its token due: one of them
+    # refreshes it for all.
+    then.with_suffix(".tmp").write_text("4.2")
+    then.with_suffix(".tmp").rename(then)
     second = tokens_of(workers)
     for worker in workers:
         worker.finish()

@@ -2,8 +2,8 @@
 background (3b), profiles files rewritten in the same process (12), many tenants (17, 21),
 many tasks on a new profile (19) and the async Azure credential's fast path (20).
 
-These tests use their own emulator, whose token endpoint can be held (to see what callers do
-while a refresh is under way) and whose API has routes that refuse every token."""
+These tests use their own emulator, whose API has routes that refuse every token; its token
+endpoint is held (``Emulator.hold``) to see what callers do while a refresh is under way."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from authlayer import TokenError, get_token, get_token_async
 from authlayer import config as config_module
 from authlayer import jwt as jwtlib
 from authlayer.emulator import Emulator
-from authlayer.emulator.grants import token_endpoint
 from authlayer.emulator.wire import Request, Response, json_response
 from authlayer.provider import MIN_VALIDITY, PROVIDER
 
@@ -31,20 +30,6 @@ from .conftest import Client, Clock, Profiles
 
 _CLAIMS = base64.urlsafe_b64encode(json.dumps(
     {"access_token": {"acrs": {"essential": True, "value": "c9"}}}).encode()).decode().rstrip("=")
-
-
-class Gate:
-    """Holds the token endpoint's answers while closed; says when a request has arrived."""
-
-    def __init__(self) -> None:
-        self.open = threading.Event()
-        self.open.set()
-        self.arrived = threading.Event()
-
-    def token(self, emu: Emulator, req: Request) -> Response:
-        self.arrived.set()
-        self.open.wait(30)  # (a hang guard only: the tests open it)
-        return token_endpoint(emu, req)
 
 
 def _deny(emu: Emulator, req: Request) -> Response:
@@ -58,13 +43,9 @@ def _deny_with_claims(emu: Emulator, req: Request) -> Response:
     return json_response(body, 401, [("WWW-Authenticate", header)])
 
 
-_gate = Gate()
-
-
 @pytest.fixture(scope="module")
 def own() -> Iterator[Emulator]:
     with Emulator() as emu:
-        emu.add_route("POST", "/{tenant}/oauth2/v2.0/token", _gate.token, endpoint="token")
         emu.add_route("GET", "/api/deny", _deny, endpoint="deny")
         emu.add_route("GET", "/api/deny-claims", _deny_with_claims, endpoint="deny")
         yield emu
@@ -73,10 +54,8 @@ def own() -> Iterator[Emulator]:
 @pytest.fixture
 def hemu(own: Emulator) -> Iterator[Emulator]:
     own.reset()
-    _gate.open.set()
-    _gate.arrived.clear()
     yield own
-    _gate.open.set()
+    own.reset()  # (releases a hold left by a failed test)
     PROVIDER.join_background()
     own.reset()
 
@@ -166,12 +145,12 @@ def test_the_request_that_passes_refresh_on_is_served_the_valid_token_at_once(
     auth = authlayer.EntraAuth(api)
     first = get_token(api)
     clock.now = first.expires_on - 200  # due for refresh, valid for 200 s more
-    _gate.open.clear()  # the identity service holds its answer
+    gate = hemu.hold()  # the identity service holds its answer
     assert client.get(f"{hemu.api_url}/x", auth).status == 200  # served with the old token
     assert get_token(api) == first
     assert asyncio.run(get_token_async(api)) == first
-    assert _gate.arrived.wait(30)  # the refresh is under way meanwhile, in the background
-    _gate.open.set()
+    gate.wait_for(1)  # the refresh is under way meanwhile, in the background
+    gate.release()
     PROVIDER.join_background()
     second = get_token(api)
     assert second != first

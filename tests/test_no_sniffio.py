@@ -15,10 +15,18 @@ _SCRIPT = textwrap.dedent("""
     sys.modules["sniffio"] = None  # as on a fresh install: importing it fails
     import asyncio, httpx
     from authlayer import EntraAuth
+    from authlayer.provider import PROVIDER
+
+    def waiting():
+        return sum(f.waiting for f in list(PROVIDER._flights._flights.values()))
 
     async def main():
         async with httpx.AsyncClient(auth=EntraAuth("cold", config=sys.argv[1])) as client:
-            answers = await asyncio.gather(*(client.get(sys.argv[2]) for _ in range(50)))
+            calls = asyncio.gather(*(client.get(sys.argv[2]) for _ in range(50)))
+            while waiting() < 49:  # the leader's token request is held meanwhile
+                await asyncio.sleep(0.001)
+            print("all wait", flush=True)
+            answers = await calls
         print(sorted({a.status_code for a in answers}))
 
     asyncio.run(main())
@@ -39,11 +47,16 @@ def test_cold_async_stampede_works_without_sniffio(emulator: Emulator, tmp_path:
         encoding="utf-8",
     )
     before = emulator.count("token")
-    emulator.inject("latency", seconds=0.3)  # keep the leader busy so that all 49 others wait
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(config), f"{emulator.api_url}/me"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[200]"
+    with emulator.hold() as gate:  # the leader's request is held until all 49 others wait
+        process = subprocess.Popen(
+            [sys.executable, "-c", _SCRIPT, str(config), f"{emulator.api_url}/me"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert process.stdout is not None
+        said = process.stdout.readline()
+        gate.release()
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert said.strip() == "all wait"
+    assert out.strip() == "[200]"
     assert emulator.count("token") - before == 1

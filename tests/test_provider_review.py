@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +22,7 @@ from authlayer.emulator.users import mint_refresh_token
 from authlayer.provider import LOGIN, PROVIDER, SWEEP_ABOVE, CachedToken
 from authlayer.token import AccessToken
 
-from .conftest import Clock, Profiles
+from .conftest import Clock, Profiles, release_when, waiting_callers
 from .signin_helpers import Approver, new_person, write_profile
 
 
@@ -56,7 +55,7 @@ def _threads(n: int, target: Any) -> list[Any]:
 def test_threads_waiting_for_a_token_share_the_leaders_failure(emu: Emulator,
                                                                cc_profile: str) -> None:
     emu.inject("status", count=100, status=400)
-    emu.latency = 0.1
+    release_when(emu.hold(), lambda: waiting_callers() == 15)  # the leader's, until all wait
     results = _threads(16, lambda: get_token(cc_profile))
     assert all(isinstance(r, TokenError) for r in results)
     assert emu.count("token") == 1
@@ -64,14 +63,14 @@ def test_threads_waiting_for_a_token_share_the_leaders_failure(emu: Emulator,
 
 def test_threads_each_with_its_own_event_loop_make_one_request(emu: Emulator,
                                                                cc_profile: str) -> None:
-    emu.latency = 0.2
+    release_when(emu.hold(), lambda: waiting_callers() == 11)
     results = _threads(12, lambda: asyncio.run(get_token_async(cc_profile)).token)
     assert len(set(results)) == 1
     assert emu.count("token") == 1
 
 
 def test_sync_and_async_callers_share_one_request(emu: Emulator, cc_profile: str) -> None:
-    emu.latency = 0.2
+    release_when(emu.hold(), lambda: waiting_callers() == 1)
 
     async def both() -> list[str]:
         sync_call = asyncio.to_thread(lambda: get_token(cc_profile).token)
@@ -89,15 +88,14 @@ def test_refresh_ahead_makes_only_the_leader_wait(emu: Emulator, cc_profile: str
     monkeypatch.setattr(PROVIDER, "clock", clock)
     first = get_token(cc_profile)
     clock.now = first.expires_on - 200  # due for refresh, still valid for 200 s
-    emu.latency = 0.5
+    gate = emu.hold()  # the refresh's token request is held until the end
     leader = threading.Thread(target=lambda: get_token(cc_profile))
     leader.start()
-    deadline = time.monotonic() + 5
-    while not PROVIDER._flights and time.monotonic() < deadline:
-        time.sleep(0.005)
+    gate.wait_for(1)
     assert PROVIDER._flights, "the leader never started"
     assert get_token(cc_profile) == first  # a follower keeps using the valid token at once
     assert PROVIDER._flights  # ... while the leader is still waiting for the new one
+    gate.release()
     leader.join()
     PROVIDER.join_background()  # the refresh runs in the background: nobody waits for it
     assert get_token(cc_profile) != first
@@ -110,7 +108,10 @@ def test_concurrent_claims_challenges_make_one_token_request(emu: Emulator,
     get_token(cc_profile)
     emu.reset()
     emu.claims_challenge(16)
-    emu.latency = 0.05
+    # Token requests are held until every caller waits: for the token with claims, or for a
+    # new plain one (a challenge drops the challenged token) to be challenged in turn.
+    gate = emu.hold()
+    release_when(gate, lambda: waiting_callers() + gate.held >= 16)
 
     def call() -> int:
         with httpx.Client(auth=auth) as c:
@@ -147,8 +148,12 @@ def test_an_answer_lost_after_the_server_used_the_assertion_is_retried(
 ) -> None:
     """The server saw (and spent) the jti, the answer timed out: the retry must not reuse it."""
     _cert_profile(emu, profiles, tmp_path, "timeout = 0.5")
-    emu.inject("latency", count=1, seconds=0.8)  # answered (jti spent) after our timeout
+    emu.hold(count=1)  # the first request is seen, but not answered before our timeout
     assert get_token("cert").token
+    jtis = [jwtlib.decode(r.form["client_assertion"])[1]["jti"] for r in emu.requests
+            if r.endpoint == "token"]
+    assert len(jtis) == 2
+    assert jtis[0] != jtis[1]
 
 
 def _redirecting_api(emu: Emulator) -> str:
@@ -288,13 +293,14 @@ def test_expired_entries_are_swept_when_the_cache_grows(emu: Emulator, cc_profil
 def test_a_sync_call_on_the_loop_thread_does_not_wait_for_an_async_leader(
     emu: Emulator, cc_profile: str
 ) -> None:
-    emu.latency = 0.3
+    gate = emu.hold(count=1)  # the async leader's request, until the sync call is done
 
     async def main() -> tuple[str, str]:
         leader = asyncio.create_task(get_token_async(cc_profile))
-        while not PROVIDER._flights:
-            await asyncio.sleep(0.005)
+        while not gate.held:
+            await asyncio.sleep(0.001)
         mixed = get_token(cc_profile)  # sync code on the loop's own thread: must not hang
+        gate.release()
         return mixed.token, (await leader).token
 
     sync_token, async_token = asyncio.run(main())
@@ -320,7 +326,8 @@ def test_sync_callers_filling_the_thread_pool_do_not_starve_an_async_leader(
         client_secret = {{ file = "secret.txt" }}
         scope = "{emu.api_scope}"
     """)
-    emu.latency = 0.2
+    # The leader's request is held until the worker threads (40) all wait for it.
+    release_when(emu.hold(), lambda: waiting_callers() == 40)
 
     async def main() -> list[str]:
         tokens: list[str] = []
@@ -333,7 +340,8 @@ def test_sync_callers_filling_the_thread_pool_do_not_starve_an_async_leader(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(async_endpoint)
-            await anyio.sleep(0.01)
+            while not PROVIDER._flights:  # the async endpoint leads
+                await anyio.sleep(0.001)
             for _ in range(45):
                 tg.start_soon(sync_endpoint)
         return tokens
@@ -384,12 +392,12 @@ def test_a_failed_refresh_close_to_expiry_stops_serving_before_expiry(
 
 def test_force_refresh_never_takes_a_plain_flights_token(emu: Emulator,
                                                          cc_profile: str) -> None:
-    emu.latency = 0.3
+    gate = emu.hold(count=1)  # the plain leader's request, until the forced caller waits
     plain: list[str] = []
     leader = threading.Thread(target=lambda: plain.append(get_token(cc_profile).token))
     leader.start()
-    while not PROVIDER._flights:
-        time.sleep(0.005)
+    gate.wait_for(1)
+    release_when(gate, lambda: waiting_callers() == 1)
     forced = get_token(cc_profile, force_refresh=True)
     leader.join()
     assert forced.token != plain[0]
@@ -410,7 +418,7 @@ def test_a_claims_token_refused_in_turn_is_not_reused(emu: Emulator, cc_profile:
 
 def test_every_waiter_gets_its_own_copy_of_the_error(emu: Emulator, cc_profile: str) -> None:
     emu.inject("status", count=100, status=400)
-    emu.latency = 0.1
+    release_when(emu.hold(), lambda: waiting_callers() == 7)
     errors = _threads(8, lambda: get_token(cc_profile))
     assert all(isinstance(e, TokenError) for e in errors)
     assert len({id(e) for e in errors}) == 8
@@ -460,7 +468,8 @@ def test_two_scopes_needed_at_once_make_one_sign_in(emu: Emulator, profiles: Pro
     public = emu.register_app(public=True)
     write_profile(profiles, emu, "me", "device_code", client_id=public.client_id)
     device_codes(emu).interval = 0
-    emu.latency = 0.05
+    # The sign-in's first request is held until the two other scopes' callers wait for it.
+    release_when(emu.hold(endpoint="devicecode"), lambda: waiting_callers() == 2)
     approver = Approver(emu, person)
     scopes = [emu.api_scope, "https://graph.microsoft.com/.default",
               "https://management.azure.com/.default"]

@@ -3,8 +3,9 @@
 It serves the token endpoint (client credentials with a secret, HTTP Basic or a certificate
 assertion), OpenID discovery and signing keys, and a protected API under ``/api`` that checks
 bearer tokens, revokes them and answers claims challenges; it can be told to misbehave
-(latency, 429/5xx, dropped connections, malformed bodies) and counts what it was asked. It is
-used by authlayer's tests, by ``authlayer demo`` and by anyone testing scripts offline::
+(latency, 429/5xx, dropped connections, malformed bodies, answers held until released) and
+counts what it was asked. It is used by authlayer's tests, by ``authlayer demo`` and by anyone
+testing scripts offline::
 
     from authlayer.emulator import Emulator
 
@@ -33,7 +34,7 @@ from . import (  # noqa: F401
     users,
 )
 from .clientauth import ClientAuth, authenticate_client
-from .faults import FAULT_KINDS, Fault
+from .faults import FAULT_KINDS, Fault, Hold
 from .grants import GRANTS, grant, token_response
 from .routes import ROUTES, route
 from .server import ENDPOINTS, Emulator
@@ -59,6 +60,7 @@ __all__ = [
     "Emulator",
     "EntraError",
     "Fault",
+    "Hold",
     "InvalidToken",
     "IssuedToken",
     "Request",

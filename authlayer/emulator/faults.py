@@ -14,7 +14,12 @@ spoils. The next request to that endpoint takes the oldest matching fault. Kinds
   ``access_token``).
 - ``latency``: wait ``seconds``, then answer normally.
 
-This module holds no sockets: the server asks :meth:`FaultQueue.take` and applies the result.
+A :class:`Hold` (``Emulator.hold``) is not queued: while it is in place, every request to its
+endpoint waits before any fault or handler, until the test releases it. Tests use it to make a
+race happen for sure (many callers arrive while one request is under way) without sleeping.
+
+This module holds no sockets: the server asks :meth:`FaultQueue.take` and :meth:`Hold.enter`
+and applies the result.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, replace
+from types import TracebackType
 from typing import Optional
 
 from .wire import EntraError, Request, Response, entra_error_response, text_response
 
-__all__ = ["FAULT_KINDS", "Fault", "FaultQueue", "mangle", "short_circuit"]
+__all__ = ["FAULT_KINDS", "Fault", "FaultQueue", "Hold", "mangle", "short_circuit"]
 
 FAULT_KINDS = ("status", "drop", "html", "truncated", "missing_field", "latency")
 
@@ -89,6 +95,93 @@ class FaultQueue:
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
+
+
+class Hold:
+    """Requests to ``endpoint`` (or to any, for ``"any"``) wait until :meth:`release`.
+
+    Made by ``Emulator.hold``; ``count`` holds only the next ``count`` matching requests
+    (``None``: all of them). ``with emu.hold() as gate:`` releases it at the end of the block.
+    The emulator's ``reset()`` and ``stop()`` :meth:`abandon` it, so that nothing waits forever
+    and nothing held for a test that is over is answered (or takes a fault) in the next one.
+    """
+
+    def __init__(self, endpoint: str = "token", count: Optional[int] = None) -> None:
+        self.endpoint = endpoint
+        self.count = count
+        self._cond = threading.Condition()
+        self._released = False
+        self._abandoned = False
+        self._held = 0
+        self._arrived = 0
+
+    @property
+    def held(self) -> int:
+        """How many requests wait here now."""
+        with self._cond:
+            return self._held
+
+    @property
+    def arrived(self) -> int:
+        """How many requests this hold has held so far (released ones included)."""
+        with self._cond:
+            return self._arrived
+
+    @property
+    def released(self) -> bool:
+        with self._cond:
+            return self._released
+
+    def matches(self, endpoint: str) -> bool:
+        return self.endpoint in (endpoint, "any")
+
+    def enter(self) -> bool:
+        """Called by the server for a matching request: wait until released. False if the hold
+        was abandoned instead: the request gets no answer (its connection is closed)."""
+        with self._cond:
+            if self._released or (self.count is not None and self._arrived >= self.count):
+                return True
+            self._arrived += 1
+            self._held += 1
+            self._cond.notify_all()
+            try:
+                while not self._released:
+                    self._cond.wait()
+            finally:
+                self._held -= 1
+            return not self._abandoned
+
+    def wait_for(self, n: int = 1, timeout: Optional[float] = None) -> bool:
+        """Wait until ``n`` requests have been held (they stay held until :meth:`release`).
+        No time limit unless ``timeout`` is given; False if it ran out first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._arrived >= n, timeout)
+
+    def release(self) -> None:
+        """Let every held request go on, and hold no more. Safe to call twice."""
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
+
+    def abandon(self) -> None:
+        """Let every held request go without an answer (its connection is closed), and hold no
+        more: what the emulator's ``reset()`` and ``stop()`` do."""
+        with self._cond:
+            if not self._released:
+                self._abandoned = True
+            self._released = True
+            self._cond.notify_all()
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else f"holding {self.held}"
+        return f"<Hold {self.endpoint!r} {state}>"
 
 
 def _retry_after(value: float) -> str:

@@ -3,11 +3,12 @@
 :class:`Emulator` owns the :class:`~authlayer.emulator.state.State` (tenants, apps, keys, tokens),
 the pending faults and the request log, and runs a threaded HTTP/1.1 server on loopback in a
 background thread (plain HTTP, or HTTPS with a throwaway CA). Each connection gets a thread; a
-request is read in full (``Content-Length`` or chunked), recorded, delayed and spoiled as the
-pending faults say, and handed to the handler the routing table names. Handlers are plain
-functions of ``(emulator, Request) -> Response`` registered in ``routes.py``/``grants.py``;
-this module is the only one that touches sockets. ``stop()`` closes the listener and every open
-connection and joins every thread it started.
+request is read in full (``Content-Length`` or chunked), recorded, held, delayed and spoiled
+as the holds and pending faults say, and handed to the handler the routing table names.
+Handlers are plain functions of ``(emulator, Request) -> Response`` registered in
+``routes.py``/``grants.py``; this module is the only one that touches sockets. ``stop()``
+closes the listener and every open connection, abandons every hold and joins every thread it
+started.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 from urllib.parse import parse_qsl, urlsplit
 
 from ..hosts import is_loopback
-from .faults import FAULT_KINDS, Fault, FaultQueue, mangle, short_circuit
+from .faults import FAULT_KINDS, Fault, FaultQueue, Hold, mangle, short_circuit
 from .routes import ROUTES, Handler, Route, RouteTable
 from .state import App, State, User
 from .tls import make_tls_files, server_context
@@ -304,6 +305,8 @@ class Emulator:
         """Routes of this emulator only; they are tried before the global ones."""
         self._port = port
         self._faults = FaultQueue()
+        self._holds: list[Hold] = []
+        self._holds_lock = threading.Lock()
         self._log_lock = threading.Lock()
         self._requests: list[RequestRecord] = []
         self._stopping = threading.Event()
@@ -354,6 +357,7 @@ class Emulator:
         if server is None:
             return
         self._stopping.set()
+        self._abandon_holds()
         server.wake()
         if self._thread is not None:
             self._thread.join(5)
@@ -594,12 +598,39 @@ class Emulator:
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; use one of {', '.join(FAULT_KINDS)}")
-        known = ENDPOINTS | {r.endpoint for r in ROUTES} | {r.endpoint for r in self.routes}
-        if endpoint not in known:
-            raise ValueError(f"unknown endpoint {endpoint!r}; use one of {sorted(known)}")
+        self._check_endpoint(endpoint)
         self._faults.add(
             Fault(kind, endpoint, int(count), status, retry_after, float(seconds), field)
         )
+
+    def _check_endpoint(self, endpoint: str) -> None:
+        known = ENDPOINTS | {r.endpoint for r in ROUTES} | {r.endpoint for r in self.routes}
+        if endpoint not in known:
+            raise ValueError(f"unknown endpoint {endpoint!r}; use one of {sorted(known)}")
+
+    def hold(self, endpoint: str = "token", count: Optional[int] = None) -> Hold:
+        """Hold requests to ``endpoint`` (or ``"any"``) before they are answered, until the
+        returned :class:`~authlayer.emulator.faults.Hold` is released: ``gate.wait_for(n)``
+        waits until ``n`` are held, ``gate.release()`` lets them go on. ``count`` holds only
+        the next ``count`` requests (``None``: every one). Held requests are recorded (so
+        counted) at once; pending faults apply to them after the release. :meth:`reset` and
+        :meth:`stop` abandon every hold: its requests get no answer (their connections are
+        closed), so that nothing held for one test runs in the next."""
+        self._check_endpoint(endpoint)
+        if count is not None and count < 1:
+            raise ValueError(f"count must be 1 or more (or None), not {count!r}")
+        gate = Hold(endpoint, count)
+        with self._holds_lock:
+            self._holds = [h for h in self._holds if not h.released] + [gate]
+        if self._stopping.is_set():
+            gate.abandon()
+        return gate
+
+    def _abandon_holds(self) -> None:
+        with self._holds_lock:
+            holds, self._holds = self._holds, []
+        for gate in holds:
+            gate.abandon()
 
     @property
     def pending_faults(self) -> list[Fault]:
@@ -624,7 +655,9 @@ class Emulator:
         return total
 
     def reset(self) -> None:
-        """Forget the request log (so the counters) and drop pending faults and challenges."""
+        """Forget the request log (so the counters), drop pending faults and challenges, and
+        abandon every hold (its requests get no answer)."""
+        self._abandon_holds()
         with self._log_lock:
             self._requests.clear()
         self._faults.clear()
@@ -698,6 +731,11 @@ class Emulator:
             )
             if self.max_requests is not None and len(self._requests) > self.max_requests:
                 del self._requests[: len(self._requests) - self.max_requests]
+        with self._holds_lock:
+            holds = [h for h in self._holds if h.matches(endpoint)]
+        for gate in holds:
+            if not gate.enter():
+                return None  # held for a test that is over: no answer, no fault taken
         self._sleep(self.latency)
         fault = self._faults.take(endpoint)
         if fault is not None:
