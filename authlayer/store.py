@@ -124,13 +124,19 @@ def lead_or_wait(
     Returns ``(lease, record)``: with a lease, this process asks the identity service and
     releases it afterwards (``record``, if any, is the newest stored one: a refresh token to
     use); without one, ``record`` is the token another process just got (``usable(record)``
-    holds), or ``None`` when the store has no fleet lock or the wait lasted ``ttl`` seconds (a
-    leader that stopped without dying): then the process fetches its own.
+    holds), or ``None`` when the store has no fleet lock or the wait lasted ``2 * ttl`` seconds
+    (leaders that stopped without dying): then the process fetches its own.
+
+    A leader that dies is taken over when its lock expires, ``ttl`` after it was taken, by one
+    of the waiters; the others go on waiting for that one. Hence a waiter gives up only after
+    two leaders' worth of time: ``ttl`` alone, counted from its own start, would end moments
+    after the dead leader's lock, while the new leader is at work, and each waiter would then
+    ask for a token of its own.
     """
     lock = fleet_lock(store)
     if lock is None:
         return None, None
-    deadline = clock() + ttl
+    deadline = clock() + 2 * ttl
     delay = FLEET_POLL_FIRST
     while True:
         lease = lock.try_lead(key, ttl)
