@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
+from typing import Callable
 
 from authlayer.emulator import Emulator
 
@@ -21,7 +21,7 @@ _SCRIPT = textwrap.dedent("""
         return sum(f.waiting for f in list(PROVIDER._flights._flights.values()))
 
     async def main():
-        async with httpx.AsyncClient(auth=EntraAuth("cold", config=sys.argv[1])) as client:
+        async with httpx.AsyncClient(auth=EntraAuth(sys.argv[1])) as client:
             calls = asyncio.gather(*(client.get(sys.argv[2]) for _ in range(50)))
             while waiting() < 49:  # the leader's token request is held meanwhile
                 await asyncio.sleep(0.001)
@@ -33,23 +33,16 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_cold_async_stampede_works_without_sniffio(emulator: Emulator, tmp_path: Path) -> None:
-    app = emulator.register_app(secret="s3cret-for-sniffio-test")
-    config = tmp_path / "profiles.toml"
-    config.write_text(
-        "[profiles.cold]\n"
-        'flow = "client_credentials"\n'
-        f'authority = "{emulator.url}"\n'
-        f'tenant = "{emulator.tenant_id}"\n'
-        f'client_id = "{app.client_id}"\n'
-        'client_secret = "s3cret-for-sniffio-test"\n'
-        f'scope = "{emulator.api_scope}"\n',
-        encoding="utf-8",
-    )
+def test_cold_async_stampede_works_without_sniffio(entra_emulator: Emulator,
+                                                   authlayer_profile: Callable[..., str]) -> None:
+    # The pytest plugin's fixtures: the profile's file is $AUTHLAYER_CONFIG, which the child
+    # process inherits.
+    emulator = entra_emulator
+    name = authlayer_profile("cold")
     before = emulator.count("token")
     with emulator.hold() as gate:  # the leader's request is held until all 49 others wait
         process = subprocess.Popen(
-            [sys.executable, "-c", _SCRIPT, str(config), f"{emulator.api_url}/me"],
+            [sys.executable, "-c", _SCRIPT, name, f"{emulator.api_url}/me"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         assert process.stdout is not None
