@@ -252,7 +252,7 @@ def test_the_waiters_poll_ever_less_often() -> None:
     lead_or_wait(store, "k", "a", ttl=30, usable=lambda r: True, clock=lambda: now[0],
                  sleep=sleep)
     assert waits == sorted(waits)
-    assert len(waits) < 2 * 30 / 0.2 + 10  # at most about five looks a second, for 2 × ttl
+    assert len(waits) < 2 * 30 / 0.2 + 10  # at most about five looks a second, for twice the ttl
 
 
 # ------------------------------------------------------------------------------------------
