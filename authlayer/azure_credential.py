@@ -97,6 +97,7 @@ class ProfileCredential(_Base):
 
     def _get(self, scopes: tuple[str, ...], claims: Optional[str],
              tenant_id: Optional[str], cae: bool = False) -> CachedToken:
+        PROVIDER.check_files()  # as get_token does: a rewritten profiles file is read again
         return PROVIDER.get(self._bind(scopes, tenant_id, claims, cae),
                             for_claims(claims) if claims else PLAIN)
 
@@ -131,6 +132,7 @@ class AsyncProfileCredential(_Base):
             entry = PROVIDER.cached(self._profile, self._config, scopes or None, None, None)
             if entry is not None:
                 return entry
+        PROVIDER.check_files()  # as get_token_async does; it also opens the fast path above
         # Bound once (the first time off the event loop, in one worker thread however many
         # tasks ask); after that a cached token costs no thread hop.
         binding = await PROVIDER.bind_async(self._profile, config=self._config,

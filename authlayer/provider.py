@@ -278,10 +278,6 @@ class Binding(NamedTuple):
         return replace(self.base, tenant=self.tenant)
 
     @property
-    def account_key(self) -> AccountKey:
-        return self.key.account
-
-    @property
     def store_key(self) -> str:
         return store_key(self.key)
 
@@ -633,26 +629,34 @@ class Provider:
                 "until it expires", profile.name, type(exc).__name__,
             )
             return fallback
-        entry = CachedToken.from_result(result)
-        saved = _record(result)
-        if result.refresh_token or result.account:
-            saved["refresh_token"] = result.refresh_token
-            saved["account"] = result.account
-        fresh = policy.fresh_sign_in
-        if fresh:  # a new sign-in, perhaps another person: drop the old one's tokens
-            self.forget(binding, Forget.SIGN_IN)
+        released = lease is None
         try:
-            # A claims token is kept under its claims key: never served for the plain one.
-            if store is not self._memory_store or "refresh_token" in saved or fresh:
-                yield Call(lambda: _replace_or_save(store, binding, key, saved, fresh))
-            # (In memory, a record without a refresh token would only repeat the entry.)
-        except AuthLayerError as exc:
-            log.warning("profile %r: the token cache could not be written (%s); tokens are "
-                        "kept in memory only", profile.name, exc)
-            _replace_or_save(self._memory_store, binding, key, saved, fresh)
-        self._keep(key, entry)
-        if lease is not None:  # the token is in the store: the fleet's waiters take it now
-            yield Call(lambda: _release(store, lease))
+            entry = CachedToken.from_result(result)
+            saved = _record(result)
+            if result.refresh_token or result.account:
+                saved["refresh_token"] = result.refresh_token
+                saved["account"] = result.account
+            fresh = policy.fresh_sign_in
+            if fresh:  # a new sign-in, perhaps another person: drop the old one's tokens
+                self.forget(binding, Forget.SIGN_IN)
+            try:
+                # A claims token is kept under its claims key: never served for the plain one.
+                if store is not self._memory_store or "refresh_token" in saved or fresh:
+                    yield Call(lambda: _replace_or_save(store, binding, key, saved, fresh))
+                # (In memory, a record without a refresh token would only repeat the entry.)
+            except AuthLayerError as exc:
+                log.warning("profile %r: the token cache could not be written (%s); tokens are "
+                            "kept in memory only", profile.name, exc)
+                _replace_or_save(self._memory_store, binding, key, saved, fresh)
+            self._keep(key, entry)
+            if lease is not None:  # the token is in the store: the fleet's waiters take it now
+                yield Call(lambda: _release(store, lease))
+                released = True
+        finally:
+            # Cancelled, or failed while saving: free the fleet's lock now rather than make the
+            # other processes wait for it to expire (releasing twice is harmless).
+            if not released:
+                _release(store, lease)
         log.debug("profile %r: new token, expires at %d", profile.name, result.expires_on)
         return entry
 
@@ -976,6 +980,7 @@ class Provider:
         stores = sys.modules.get("authlayer.stores")  # shared stores keep a copy in memory
         if stores is not None:
             stores.forget_stores()
+        registry.forget_plugins()  # entry points are listed again: a plugin installed since
 
 
 def _remember(choice: Choice) -> None:

@@ -140,7 +140,12 @@ def lead_or_wait(
     delay = FLEET_POLL_FIRST
     while True:
         lease = lock.try_lead(key, ttl)
-        record = store.load(key, account_key)
+        try:
+            record = store.load(key, account_key)
+        except BaseException:
+            if lease is not None:  # not ours to keep: the others would wait for it to expire
+                lock.release(lease)
+            raise
         found = record if record is not None and usable(record) else None
         if lease is not None:
             if found is not None:  # the previous leader landed between our look and the lock

@@ -108,6 +108,18 @@ def test_an_encryption_key_that_cannot_be_read_is_a_config_error(
     assert emu.count("token") == 0
 
 
+@pytest.mark.parametrize("option", ["db=abc", "socket_timeout=soon"])
+def test_a_redis_url_option_with_a_bad_value_is_a_config_error(
+        profiles: Profiles, emu: Emulator, app: Any, monkeypatch: pytest.MonkeyPatch,
+        secret: str, option: str) -> None:
+    name = cache_profile(profiles, emu, app, f'"redis://127.0.0.1:1/0?{option}"', monkeypatch,
+                         secret)
+    with pytest.raises(ConfigError, match=r"cache\.url") as caught:
+        get_token(name)
+    assert caught.value.key == "cache"
+    assert emu.count("token") == 0
+
+
 # ------------------------------------------------------------------------------------------
 # A store plugin
 
@@ -238,6 +250,48 @@ def test_a_waiter_waits_for_the_process_that_took_over_from_a_dead_leader() -> N
                                 clock=lambda: now[0], sleep=sleep)
     assert lease is None
     assert found == record
+
+
+class Leading(MemoryStore):
+    """A memory store with a fleet lock that is always free, whose saves fail as a broken
+    store's would (not with an authlayer error); it records the leases given back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released: list[object] = []
+
+    def try_lead(self, key: str, ttl: float) -> Any:
+        return "lease"
+
+    def release(self, lease: object) -> None:
+        self.released.append(lease)
+
+    def save(self, key: str, account_key: str, record: dict[str, Any]) -> None:
+        raise RuntimeError("the store broke while saving")
+
+
+def test_a_leader_that_fails_while_saving_gives_the_fleet_lock_back(
+        cc_profile: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from authlayer.provider import PROVIDER
+
+    store = Leading()
+    monkeypatch.setattr(PROVIDER, "store_for", lambda profile: store)
+    with pytest.raises(RuntimeError, match="broke while saving"):
+        get_token(cc_profile)
+    assert store.released == ["lease"]
+
+
+def test_a_leader_whose_store_cannot_be_read_gives_the_lock_back() -> None:
+    from authlayer import AuthLayerError
+
+    class Unreadable(Leading):
+        def load(self, key: str, account_key: str) -> Any:
+            raise AuthLayerError("the store cannot be read")
+
+    store = Unreadable()
+    with pytest.raises(AuthLayerError):
+        lead_or_wait(store, "k", "a", ttl=30, usable=lambda r: True)
+    assert store.released == ["lease"]
 
 
 def test_the_waiters_poll_ever_less_often() -> None:

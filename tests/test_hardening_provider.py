@@ -367,6 +367,63 @@ def test_a_failed_load_reaches_every_waiting_task(profiles: Profiles, hemu: Emul
     assert all(isinstance(e, authlayer.ConfigError) and "missing" in str(e) for e in errors)
 
 
+def test_the_async_credential_takes_get_token_asyncs_fast_path_in_an_sdk_only_process(
+    hemu: Emulator, api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from authlayer import aio
+
+    cred = aio.credential(api)
+    binds: list[Any] = []
+
+    async def main() -> None:
+        await cred.get_token(hemu.api_scope)  # nothing else in this process asks for tokens
+        real = PROVIDER.bind_async
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            binds.append(args)
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(PROVIDER, "bind_async", counted)
+        for _ in range(20):
+            await cred.get_token(hemu.api_scope)
+
+    asyncio.run(main())
+    assert binds == []  # served by the one dictionary read, not bound again
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_the_sdk_credentials_read_a_rewritten_profiles_file_again(
+        hemu: Emulator, profiles: Profiles, clock: Clock, kind: str) -> None:
+    from authlayer import aio, credential
+
+    app = hemu.register_app(secret="first-secret-abc")
+    other = hemu.register_app(secret="other-secret-abcdef")
+    body = """
+        [profiles.t]
+        flow = "client_credentials"
+        authority = "{url}"
+        tenant = "{tenant}"
+        client_id = "{client}"
+        client_secret = "{secret}"
+        scope = "{scope}"
+    """
+
+    def write(client: str, secret: str) -> Any:
+        return profiles.write(body.format(url=hemu.url, tenant=hemu.tenant_id,
+                                          scope=hemu.api_scope, client=client, secret=secret))
+
+    def token() -> str:
+        if kind == "sync":
+            return credential("t").get_token(hemu.api_scope).token
+        return asyncio.run(aio.credential("t").get_token(hemu.api_scope)).token
+
+    write(app.client_id, "first-secret-abc")
+    assert _appid(token()) == app.client_id
+    write(other.client_id, "other-secret-abcdef")
+    clock.now += 2  # files are looked at again at most once a second
+    assert _appid(token()) == other.client_id
+
+
 def test_the_async_credential_serves_a_cached_token_without_a_thread_hop(
     hemu: Emulator, api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

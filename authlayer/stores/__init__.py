@@ -276,13 +276,13 @@ def _open(config: StoreConfig, profile: Profile) -> TokenStore:
             raise ConfigError(f"a Redis cache needs the redis extra: {_INSTALL}",
                               key="cache", **where) from None
         assert config.url is not None
-        return RedisStore(
-            config.url,
-            password=config.password.read() if config.password is not None else None,
-            prefix=config.prefix,
-            encryption_key=(config.encryption_key.read()
-                            if config.encryption_key is not None else None),
-        )
+        password = config.password.read() if config.password is not None else None
+        key = config.encryption_key.read() if config.encryption_key is not None else None
+        try:
+            return RedisStore(config.url, password=password, prefix=config.prefix,
+                              encryption_key=key)
+        except (ValueError, TypeError) as exc:  # redis-py reads the URL's option values here
+            raise ConfigError(f"cache.url: {redact(str(exc))}", key="cache", **where) from None
     ep = _store_entry_points().get(config.kind)
     if ep is None:
         raise ConfigError(f"store plugin {config.kind!r} is not installed", key="cache", **where)
