@@ -56,7 +56,7 @@ def test_log_records_name_the_module_that_logged(caplog: pytest.LogCaptureFixtur
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="elsewhere platformdirs itself answers")
-@pytest.mark.parametrize("xdg", [None, "/somewhere/cache", "relative/cache"])
+@pytest.mark.parametrize("xdg", [None, "/somewhere/cache"])
 def test_the_default_token_cache_is_where_platformdirs_puts_it(
     monkeypatch: pytest.MonkeyPatch, xdg: Optional[str]
 ) -> None:
@@ -69,3 +69,12 @@ def test_the_default_token_cache_is_where_platformdirs_puts_it(
         monkeypatch.setenv("XDG_CACHE_HOME", xdg)
     folder = platformdirs.user_cache_dir("authlayer", appauthor=False)
     assert default_path() == os.path.join(os.path.abspath(folder), "tokens.json")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG folders are Linux's")
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The XDG spec says so; older platformdirs releases took it relative to the working folder.
+    monkeypatch.delenv("AUTHLAYER_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    expected = os.path.join(os.path.expanduser("~/.cache"), "authlayer", "tokens.json")
+    assert default_path() == os.path.abspath(expected)
