@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from ._http import HttpRequest
 
-__all__ = ["Action", "Call", "Flow", "Send", "Sleep", "call", "on_wait", "run_async",
+__all__ = ["Action", "Call", "Flow", "Send", "Sleep", "call", "drive", "on_wait", "run_async",
            "run_sync"]
 
 T = TypeVar("T")
@@ -70,29 +70,16 @@ def call(fn: Callable[[], T]) -> Flow[T]:
     return result
 
 
-def run_sync(flow: Flow[T]) -> T:
-    """Run a flow to completion with blocking I/O."""
-    clients: dict[tuple[bool, Optional[str]], httpx.Client] = {}
+def drive(flow: Flow[T], perform: Callable[[Action], Any]) -> T:
+    """Run ``flow`` to its end, ``perform`` carrying out each action it yields: its result is
+    sent back into the flow, its exception thrown into it. The protocol of every blocking
+    driver (:func:`run_sync`, and the scripted drivers of the tests); :func:`run_async` is its
+    ``await`` twin."""
     try:
         action = next(flow)
         while True:
             try:
-                if isinstance(action, Send):
-                    from . import _http  # only now: a flow served from a cache sends nothing
-
-                    req = action.request
-                    kind = (req.via_proxy, req.pin)
-                    client = clients.get(kind)
-                    if client is None:
-                        client = clients[kind] = _http.new_client(False, *kind)
-                    result: Any = _http.exchange_sync(client, req)
-                elif isinstance(action, Sleep):
-                    if on_wait is not None:
-                        on_wait(action)
-                    time.sleep(action.seconds)
-                    result = None
-                else:
-                    result = action.fn()
+                result = perform(action)
             except Exception as exc:
                 action = flow.throw(exc)
                 continue
@@ -101,6 +88,32 @@ def run_sync(flow: Flow[T]) -> T:
         return stop.value  # type: ignore[no-any-return]
     finally:
         flow.close()
+
+
+def run_sync(flow: Flow[T]) -> T:
+    """Run a flow to completion with blocking I/O."""
+    clients: dict[tuple[bool, Optional[str]], httpx.Client] = {}
+
+    def perform(action: Action) -> Any:
+        if isinstance(action, Send):
+            from . import _http  # only now: a flow served from a cache sends nothing
+
+            req = action.request
+            kind = (req.via_proxy, req.pin)
+            client = clients.get(kind)
+            if client is None:
+                client = clients[kind] = _http.new_client(False, *kind)
+            return _http.exchange_sync(client, req)
+        if isinstance(action, Sleep):
+            if on_wait is not None:
+                on_wait(action)
+            time.sleep(action.seconds)
+            return None
+        return action.fn()
+
+    try:
+        return drive(flow, perform)
+    finally:
         for client in clients.values():
             client.close()
 

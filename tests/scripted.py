@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, TypeVar, Union
 
+from authlayer._actions import Action, drive
 from authlayer._http import ConnectionFailed, Flow, HttpRequest, HttpResponse, Send, Sleep
 
 T = TypeVar("T")
@@ -35,26 +36,15 @@ class Script:
         return self.now
 
     def run(self, flow: Flow[T]) -> T:
-        try:
-            action = next(flow)
-            while True:
-                self.actions.append(action)
-                try:
-                    result: Any
-                    if isinstance(action, Send):
-                        self.sent.append((self.now, action.request))
-                        self.now += self.latency  # the answer takes this long to come
-                        result = self.answer(action.request)
-                    elif isinstance(action, Sleep):
-                        self.now += action.seconds
-                        result = None
-                    else:
-                        result = action.fn()
-                except Exception as exc:
-                    action = flow.throw(exc)
-                    continue
-                action = flow.send(result)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        finally:
-            flow.close()
+        return drive(flow, self.perform)
+
+    def perform(self, action: Action) -> Any:
+        self.actions.append(action)
+        if isinstance(action, Send):
+            self.sent.append((self.now, action.request))
+            self.now += self.latency  # the answer takes this long to come
+            return self.answer(action.request)
+        if isinstance(action, Sleep):
+            self.now += action.seconds
+            return None
+        return action.fn()
