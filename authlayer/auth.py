@@ -328,8 +328,9 @@ class EntraAuth(httpx.Auth):
         scheme, host = url.scheme, url.raw_host.decode("ascii", "replace")
         return may_carry(binding, scheme, host, lambda: _httpx_proxy(scheme, host))
 
-    def _token(self) -> CachedToken:
-        binding = self.binding
+    def _token(self, binding: Optional[Binding] = None) -> CachedToken:
+        """The cached token if it is not due, else the provider's (a miss, a refresh)."""
+        binding = binding or self.binding
         entry = binding.slot.entry
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
             entry = PROVIDER.get(binding, prompt=self._prompt)
@@ -345,9 +346,7 @@ class EntraAuth(httpx.Auth):
         if not self._httpx_allowed(binding, request.url):
             yield request
             return
-        entry = binding.slot.entry
-        if entry is None or PROVIDER.clock() >= entry.refresh_on:
-            entry = PROVIDER.get(binding, prompt=self._prompt)
+        entry = self._token(binding)
         request.headers["Authorization"] = entry.header
         response = yield request
         if not _rejected(request, response, entry):

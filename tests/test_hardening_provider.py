@@ -26,7 +26,7 @@ from authlayer.emulator import Emulator
 from authlayer.emulator.wire import Request, Response, json_response
 from authlayer.provider import MIN_VALIDITY, PROVIDER
 
-from .conftest import Client, Clock, Profiles
+from .conftest import Client, Clock, Profiles, write_cc_profile
 
 _CLAIMS = base64.urlsafe_b64encode(json.dumps(
     {"access_token": {"acrs": {"essential": True, "value": "c9"}}}).encode()).decode().rstrip("=")
@@ -67,24 +67,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return clock
 
 
-def _write(profiles: Profiles, emu: Emulator, name: str = "api", *, extra: str = "") -> str:
-    app = emu.register_app(secret="hardening-secret-1")
-    profiles.write(f"""
-        [profiles.{name}]
-        flow = "client_credentials"
-        authority = "{emu.url}"
-        tenant = "{emu.tenant_id}"
-        client_id = "{app.client_id}"
-        client_secret = "hardening-secret-1"
-        scope = "{emu.api_scope}"
-        {extra}
-    """)
-    return name
-
-
 @pytest.fixture
 def api(hemu: Emulator, profiles: Profiles) -> str:
-    return _write(profiles, hemu)
+    return write_cc_profile(profiles, hemu, "api")
 
 
 # ------------------------------------------------------------------ 3a: an API refusing all
@@ -355,7 +340,7 @@ def test_a_thousand_tasks_on_a_new_profile_load_it_once(
 
 
 def test_a_failed_load_reaches_every_waiting_task(profiles: Profiles, hemu: Emulator) -> None:
-    _write(profiles, hemu)
+    write_cc_profile(profiles, hemu, "api")
 
     async def main() -> list[BaseException]:
         results = await asyncio.gather(*(get_token_async("missing") for _ in range(50)),

@@ -10,14 +10,8 @@ the profile is loaded, else the public cloud) applies to every source that talks
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any
-
-from .._http import Action
-from ..errors import TokenError
-from ..token import TokenResult
-from . import FlowContext
 from ._workload_env import authority_from_env
+from .chain import acquire
 
 __all__ = ["SOURCES", "acquire"]
 
@@ -25,13 +19,6 @@ __all__ = ["SOURCES", "acquire"]
 # need a person at a browser or an editor).
 SOURCES = ("environment", "workload_identity", "managed_identity", "azure_cli", "azd",
            "azure_powershell")
-
-
-def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
-    """Never runs: the provider binds a source, not ``auto`` itself."""
-    raise TokenError("flow 'auto' gets its tokens from a source; bind it with the provider",
-                     profile=ctx.profile.name, error="chain_not_bound")
-    yield  # pragma: no cover - makes this a generator
 
 
 # The registry entry (authlayer.registry reads it): everything the rest of authlayer needs to

@@ -20,9 +20,10 @@ __all__ = ["acquire"]
 
 
 def acquire(ctx: FlowContext) -> Generator[Action, Any, TokenResult]:
-    """Never runs: the provider binds a member, not the chain."""
-    raise TokenError("a chain gets its tokens from a member; bind it with the provider",
-                     profile=ctx.profile.name, error="chain_not_bound")
+    """Never runs, for ``chain`` and ``auto`` alike: the provider binds a member, never the
+    flow that stands for it."""
+    raise TokenError(f"flow {ctx.profile.flow!r} gets its tokens from a member; bind it with "
+                     "the provider", profile=ctx.profile.name, error="chain_not_bound")
     yield  # pragma: no cover - makes this a generator
 
 
