@@ -162,8 +162,9 @@ class _Server(socketserver.TCPServer):
         finally:
             with self._lock:
                 self._conns.discard(conn)
-                self._threads.discard(threading.current_thread())
             self.shutdown_request(conn)
+            with self._lock:  # last: until then close_all() must wait for this thread
+                self._threads.discard(threading.current_thread())
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("emulator request failed", exc_info=True)
