@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     from ._http import HttpRequest
 
-__all__ = ["Action", "Call", "Flow", "Send", "Sleep", "call", "drive", "on_wait", "run_async",
-           "run_sync"]
+__all__ = ["ASYNC_READY", "Action", "Call", "Flow", "Send", "Sleep", "call", "drive",
+           "import_async_stack", "on_wait", "run_async", "run_sync"]
 
 T = TypeVar("T")
 
@@ -116,6 +116,28 @@ def run_sync(flow: Flow[T]) -> T:
     finally:
         for client in clients.values():
             client.close()
+
+
+#: The event loop libraries whose async transport :func:`import_async_stack` has imported.
+ASYNC_READY: set[str] = set()
+
+
+def import_async_stack(library: str) -> None:
+    """Import what :func:`run_async` needs on ``library`` ("asyncio" or "trio"): httpx, anyio
+    and anyio's backend for it. Called in a worker thread before a first async flow runs: on
+    the event loop, these imports would stall every task for tens of milliseconds."""
+    import contextlib
+    import importlib
+
+    import anyio.to_thread  # noqa: F401
+
+    from . import _http  # noqa: F401
+
+    # anyio's own lazy import of its backend: a private name, so if it ever moves, the
+    # backend is simply imported later, as before.
+    with contextlib.suppress(ImportError):
+        importlib.import_module(f"anyio._backends._{library}")
+    ASYNC_READY.add(library)
 
 
 async def run_async(flow: Flow[T]) -> T:

@@ -59,7 +59,7 @@ import time
 from collections.abc import Awaitable, Hashable
 from typing import Any, Callable, Generic, Optional, TypeVar
 
-__all__ = ["SingleFlight"]
+__all__ = ["SingleFlight", "off_loop", "running_library"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -84,7 +84,7 @@ class _Flight:
         self.error: Optional[BaseException] = None
         # Made on demand, so that a flight nobody waits for costs one small object.
         self.event: Optional[threading.Event] = None  # for waiting threads
-        self.wakers: Optional[list[Callable[[], None]]] = None  # for waiting tasks
+        self.wakers: Optional[list[_Waiter]] = None  # for waiting tasks
         self.waiting = 0
 
 
@@ -102,9 +102,26 @@ def _shared(flight: _Flight) -> bool:
     raise mine from error
 
 
-def _loop_waiter() -> tuple[Callable[[], None], Callable[[], Awaitable[Any]]]:
-    """``(wake, wait)`` for the running task: ``await wait()`` returns once any thread has
-    called ``wake()``. asyncio or trio, found without sniffio."""
+#: How many waiting asyncio tasks one event-loop iteration wakes: a thousand tasks woken in one
+#: iteration would run back to back and hold the loop (and every other task on it) for tens
+#: of milliseconds; in batches, the loop's other work runs between them.
+WAKE_BATCH = 50
+
+
+class _Waiter:
+    """A waiting task: its event loop (None for trio) and what wakes it (a future of that
+    loop, or a callable for trio)."""
+
+    __slots__ = ("loop", "wake")
+
+    def __init__(self, loop: Any, wake: Any) -> None:
+        self.loop = loop
+        self.wake = wake
+
+
+def _loop_waiter() -> tuple[_Waiter, Callable[[], Awaitable[Any]]]:
+    """``(waiter, wait)`` for the running task: ``await wait()`` returns once :func:`_wake`
+    woke the waiter, from any thread. asyncio or trio, found without sniffio."""
     import asyncio
 
     try:
@@ -121,18 +138,81 @@ def _loop_waiter() -> tuple[Callable[[], None], Callable[[], Awaitable[Any]]]:
         def wake_trio() -> None:
             token.run_sync_soon(event.set)
 
-        return wake_trio, event.wait
+        return _Waiter(None, wake_trio), event.wait
 
     future: asyncio.Future[None] = loop.create_future()
+    return _Waiter(loop, future), lambda: future
 
-    def resolve() -> None:
+
+def running_library() -> str:
+    """``"asyncio"`` or ``"trio"``: the event loop library of the running task, found without
+    sniffio (anything but a running asyncio loop is taken for trio)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return "trio"
+    return "asyncio"
+
+
+async def off_loop(fn: Callable[[], V]) -> V:
+    """``fn()`` in a new daemon thread, awaited without blocking the running event loop
+    (asyncio or trio), and without anyio: for work that must not run on the loop before
+    anyio itself is imported (its first import takes tens of ms). A cancelled caller stops
+    waiting; ``fn`` still runs to its end."""
+    waiter, wait = _loop_waiter()
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # handed to the awaiting task, raised there
+            outcome.append((False, exc))
+        finally:
+            _wake([waiter])
+
+    thread = threading.Thread(target=run, name="authlayer-off-loop", daemon=True)
+    if waiter.loop is not None:
+        # Started once the tasks ready now have run: a thread busy from the start (imports,
+        # parsing) would take the GIL from them, and a stampede's thousand first steps in
+        # this very iteration would take three times as long.
+        waiter.loop.call_soon(thread.start)
+    else:
+        thread.start()
+    await wait()
+    done, value = outcome[0]
+    if not done:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def _wake(waiters: list[_Waiter]) -> None:
+    """Wake every waiter, from any thread: asyncio tasks through one call into each of their
+    loops, which resolves their futures :data:`WAKE_BATCH` per loop iteration."""
+    by_loop: dict[Any, list[Any]] = {}
+    for waiter in waiters:
+        if waiter.loop is None:
+            # RuntimeError: that trio run has ended, so nobody is waiting there any more.
+            with contextlib.suppress(RuntimeError):
+                waiter.wake()
+        else:
+            by_loop.setdefault(waiter.loop, []).append(waiter.wake)
+    for loop, futures in by_loop.items():
+        # RuntimeError: that event loop has closed, so nobody is waiting there any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, loop, futures, 0)
+
+
+def _resolve(loop: Any, futures: list[Any], start: int) -> None:
+    """In ``loop``: resolve one batch of ``futures`` from ``start``; the next batch in the next
+    iteration (the tasks of this one run first)."""
+    end = start + WAKE_BATCH
+    for future in futures[start:end]:
         if not future.done():  # (cancelled meanwhile)
             future.set_result(None)
-
-    def wake_asyncio() -> None:
-        loop.call_soon_threadsafe(resolve)
-
-    return wake_asyncio, lambda: future
+    if end < len(futures):
+        loop.call_soon(_resolve, loop, futures, end)
 
 
 class SingleFlight(Generic[K, V]):
@@ -233,13 +313,13 @@ class SingleFlight(Generic[K, V]):
                 return value
 
     async def _wait_async(self, flight: _Flight) -> None:
-        wake, wait = _loop_waiter()
+        waiter, wait = _loop_waiter()
         with self._guard:
             if flight.landed:
                 return
             if flight.wakers is None:
                 flight.wakers = []
-            flight.wakers.append(wake)
+            flight.wakers.append(waiter)
             flight.waiting += 1
         try:
             await wait()
@@ -248,7 +328,7 @@ class SingleFlight(Generic[K, V]):
                 flight.waiting -= 1
                 if flight.wakers is not None:  # not landed: cancelled (or its loop closing)
                     with contextlib.suppress(ValueError):
-                        flight.wakers.remove(wake)
+                        flight.wakers.remove(waiter)
 
     # ------------------------------------------------------------------ background leaders
 
@@ -315,7 +395,5 @@ class SingleFlight(Generic[K, V]):
             event, wakers, flight.wakers = flight.event, flight.wakers, None
         if event is not None:
             event.set()
-        for wake in wakers or ():
-            # RuntimeError: that event loop has closed, so nobody is waiting there any more.
-            with contextlib.suppress(RuntimeError):
-                wake()
+        if wakers:
+            _wake(wakers)

@@ -37,9 +37,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 
 from . import registry
-from ._actions import Action, Call, run_async, run_sync
+from ._actions import ASYNC_READY, Action, Call, Flow, import_async_stack, run_async, run_sync
 from ._log import log
-from ._singleflight import SingleFlight
+from ._singleflight import SingleFlight, off_loop, running_library
 from .errors import AuthLayerError
 from .flows import FlowContext, default_prompt
 from .hosts import HostPolicy
@@ -84,21 +84,35 @@ Prompt = Optional[Callable[[str], None]]
 
 
 class CachedToken(NamedTuple):
-    """An entry of the in-memory cache: the token, when to refresh it, and the ready header."""
+    """An entry of the in-memory cache: the token and when to refresh it."""
 
     token: AccessToken
     refresh_on: int
-    header: str
 
     @classmethod
     def from_result(cls, result: TokenResult) -> CachedToken:
-        public = result.public()
-        if public.token_type == "Bearer":  # one shared string, not one per cached token
-            public = public._replace(token_type="Bearer")
-        return cls(public, result.refresh_on, f"Bearer {result.access_token}")
+        return cls(_shared_type(result.public()), result.refresh_on)
+
+    @property
+    def header(self) -> str:
+        """The ``Authorization`` header's value. Built at each request, not kept: a kept one
+        would hold the token's characters a second time for every cached token (about 1.3 kB
+        each with Entra's tokens), and joining them costs a fraction of a microsecond."""
+        return "Bearer " + self.token.token
 
     def __repr__(self) -> str:
         return f"CachedToken({self.token!r}, refresh_on={self.refresh_on})"
+
+
+def _shared_type(token: AccessToken) -> AccessToken:
+    """``token`` with the one shared ``"Bearer"`` string, not a copy of its own per token (an
+    answer's or a record's JSON makes one each)."""
+    if token.token_type == "Bearer" and token.token_type is not _BEARER:
+        return token._replace(token_type=_BEARER)
+    return token
+
+
+_BEARER = "Bearer"
 
 
 # ---------------------------------------------------------------------- what a caller needs
@@ -323,6 +337,16 @@ class Binding(NamedTuple):
         return TokenKey(account, tuple(sorted(profile.scopes)))
 
 
+def _sharing(key: TokenKey, like: TokenKey) -> TokenKey:
+    """``key`` made of ``like``'s objects wherever the two are equal: the keys of thousands of
+    tenants of one profile then share its scopes, credential and identity parts, and differ
+    only by the tenant."""
+    account = AccountKey._make(
+        mine if mine != theirs else theirs for mine, theirs in zip(key.account, like.account))
+    scopes = key.scopes if key.scopes != like.scopes else like.scopes
+    return TokenKey(account, scopes, key.claims)
+
+
 def _record(result: TokenResult) -> dict[str, Any]:
     return {
         "access_token": result.access_token,
@@ -332,31 +356,38 @@ def _record(result: TokenResult) -> dict[str, Any]:
     }
 
 
-def _environ_reader(name: str) -> Callable[[], Any]:
-    """A fast reader of one environment variable, for memo keys: ``os.environ.get`` decodes
-    and costs more than the rest of a cached call. Its value only tells calls apart."""
+def _environ_reader() -> tuple[Callable[[Any], Any], Any, Any]:
+    """A fast reader of the environment for memo keys, and the keys of ``AUTHLAYER_PROFILE``
+    and ``AUTHLAYER_CONFIG`` for it: ``os.environ.get`` decodes and costs more than the rest
+    of a cached call, so where it can this is the environment's own mapping's ``get`` (a
+    builtin, no Python frame), given the raw keys. Its values only tell calls apart."""
     data = getattr(os.environ, "_data", None)
     encodekey = getattr(os.environ, "encodekey", None)
     if isinstance(data, dict) and callable(encodekey):
-        raw = encodekey(name)
-        return lambda: data.get(raw)
-    return lambda: os.environ.get(name)
+        return data.get, encodekey("AUTHLAYER_PROFILE"), encodekey("AUTHLAYER_CONFIG")
+    return os.environ.get, "AUTHLAYER_PROFILE", "AUTHLAYER_CONFIG"
 
 
-_env_profile = _environ_reader("AUTHLAYER_PROFILE")
-_env_config = _environ_reader("AUTHLAYER_CONFIG")
+_env_get, _ENV_PROFILE, _ENV_CONFIG = _environ_reader()
 
 
 def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Optional[str],
           user_assertion: Optional[str]) -> tuple[Any, ...]:
     """A call's memo key: its own arguments, and the environment variables that stand in for
-    the ones not given. The hot path builds the same tuple inline."""
+    the ones not given; a call without overrides (the common one) has a shorter key, cheaper
+    to hash. Keys of each kind have their own length, so they never collide. The hot path
+    builds the same tuple inline."""
     if scope is not None and not isinstance(scope, str):
         scope = tuple(scope)
+    if scope is None and tenant is None and user_assertion is None:
+        if profile is None or config is None:
+            return (profile, config, _env_get(_ENV_PROFILE) if profile is None else None,
+                    _env_get(_ENV_CONFIG) if config is None else None)
+        return (profile, config)
     if profile is None or config is None:
         return (profile, config, scope, tenant, user_assertion,
-                _env_profile() if profile is None else None,
-                _env_config() if config is None else None)
+                _env_get(_ENV_PROFILE) if profile is None else None,
+                _env_get(_ENV_CONFIG) if config is None else None)
     return (profile, config, scope, tenant, user_assertion)
 
 
@@ -424,7 +455,7 @@ class Provider:
             base = self.bind(profile, config=config, scope=scope, user_assertion=user_assertion)
             derived = with_tenant(base.base, tenant)
             if derived is not None:
-                key = Binding.key_for(derived, user_assertion)
+                key = _sharing(Binding.key_for(derived, user_assertion), base.key)
                 binding = base if key == base.key else Binding(
                     base.base, key, base.user_assertion, derived.tenant, self._slot(key),
                     base.via)
@@ -485,10 +516,15 @@ class Provider:
         binding = self._bindings.get(args)
         if binding is not None:
             return binding
-        import anyio.to_thread
+        library = running_library()
 
-        return await self._loads.run_async(args, lambda: anyio.to_thread.run_sync(
-            lambda: self._make(args, profile, config, scope, tenant, user_assertion)))
+        def load() -> Binding:
+            made = self._make(args, profile, config, scope, tenant, user_assertion)
+            if library not in ASYNC_READY:  # the token's flight comes next: its imports too
+                import_async_stack(library)
+            return made
+
+        return await self._loads.run_async(args, lambda: off_loop(load))
 
     # ------------------------------------------------------------------ profiles files
 
@@ -794,7 +830,7 @@ class Provider:
         if served is not None:
             return served
         entry = await self._flights.run_async(
-            _flight_key(key), lambda: run_async(self._lead(binding, key, need, prompt, discard)),
+            _flight_key(key), lambda: _run_async(self._lead(binding, key, need, prompt, discard)),
             **self._flight(key, need))
         if binding.via is not None:
             _remember(binding.via)
@@ -983,6 +1019,15 @@ class Provider:
         registry.forget_plugins()  # entry points are listed again: a plugin installed since
 
 
+async def _run_async(flow: Flow[CachedToken]) -> CachedToken:
+    """:func:`~authlayer._actions.run_async`, the async transport imported off the event loop
+    the first time."""
+    library = running_library()
+    if library not in ASYNC_READY:
+        await off_loop(lambda: import_async_stack(library))
+    return await run_async(flow)
+
+
 def _remember(choice: Choice) -> None:
     """A chain's member gave a token: the chain goes straight to it from now on."""
     from .chains import remember
@@ -1046,7 +1091,7 @@ def _entry_from_record(
         return None
     token_type = record.get("token_type")
     public = AccessToken(token, expires_on, token_type if isinstance(token_type, str) else "Bearer")
-    return CachedToken(public, refresh_on, f"Bearer {token}")
+    return CachedToken(_shared_type(public), refresh_on)
 
 
 PROVIDER = Provider()
@@ -1086,10 +1131,17 @@ def get_token(
     # The hot path: one dict read keyed by the call's own arguments (what _args builds) gives
     # the binding's slot (no key to hash); its entry; one look at the clock.
     provider = PROVIDER
-    if profile is None or config is None:
-        args: tuple[Any, ...] = (profile, config, scope, tenant, user_assertion,
-                                 _env_profile() if profile is None else None,
-                                 _env_config() if config is None else None)
+    if scope is None and tenant is None and user_assertion is None:
+        if profile is None or config is None:
+            args: tuple[Any, ...] = (profile, config,
+                                     _env_get(_ENV_PROFILE) if profile is None else None,
+                                     _env_get(_ENV_CONFIG) if config is None else None)
+        else:
+            args = (profile, config)
+    elif profile is None or config is None:
+        args = (profile, config, scope, tenant, user_assertion,
+                _env_get(_ENV_PROFILE) if profile is None else None,
+                _env_get(_ENV_CONFIG) if config is None else None)
     else:
         args = (profile, config, scope, tenant, user_assertion)
     try:

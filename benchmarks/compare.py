@@ -303,9 +303,10 @@ class Peer:
 
 class Authlayer(Peer):
     def cached(self) -> Callable[[], Any]:
-        cfg = self.w.config
-        get_token("bench", config=cfg)
-        return lambda: get_token("bench", config=cfg)
+        # By name, the profiles file named by $AUTHLAYER_CONFIG: the call the README shows.
+        os.environ["AUTHLAYER_CONFIG"] = str(self.w.config)
+        get_token("bench")
+        return lambda: get_token("bench")
 
     def httpx_client(self) -> httpx.Client:
         return httpx.Client(transport=mock_transport(), auth=EntraAuth("bench",

@@ -29,7 +29,7 @@ SECRET_TOKEN = "eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiJ4In0.c2ln"
 
 
 def _entry(token: str = SECRET_TOKEN) -> CachedToken:
-    return CachedToken(AccessToken(token, 2_000_000_000), 1_999_999_000, f"Bearer {token}")
+    return CachedToken(AccessToken(token, 2_000_000_000), 1_999_999_000)
 
 
 def test_every_want_has_exactly_one_policy() -> None:

@@ -280,7 +280,7 @@ def test_a_cache_that_cannot_be_written_keeps_the_token_in_memory(
 
 
 def test_expired_entries_are_swept_when_the_cache_grows(emu: Emulator, cc_profile: str) -> None:
-    old = CachedToken(AccessToken("x", 1), 0, "Bearer x")
+    old = CachedToken(AccessToken("x", 1), 0)
     for i in range(SWEEP_ABOVE + 5):
         PROVIDER.entries[f"stale-{i}"] = old  # type: ignore[index]
     get_token(cc_profile)

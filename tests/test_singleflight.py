@@ -8,6 +8,7 @@ there, and the test reads ``waiting()`` / counts arrivals to know when they are.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any, Callable, Optional
 import pytest
 import trio
 
-from authlayer._singleflight import SingleFlight
+from authlayer._singleflight import WAKE_BATCH, SingleFlight
 
 
 def _until(condition: Callable[[], bool]) -> None:
@@ -121,6 +122,46 @@ def test_500_asyncio_tasks_share_one_run_of_the_work() -> None:
     assert asyncio.run(main()) == ["value"] * 500
     assert calls == 1
     assert len(flights) == 0
+
+
+def test_waiting_tasks_are_woken_a_batch_per_loop_iteration() -> None:
+    """1,000 tasks woken in one iteration would hold the loop for all of them back to back;
+    each iteration wakes at most WAKE_BATCH, so the loop's other work runs in between."""
+    flights: SingleFlight[str, str] = SingleFlight()
+    iteration = 0
+    woken_in: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        go = threading.Event()
+        done = False
+
+        def count() -> None:  # runs once per loop iteration
+            nonlocal iteration
+            iteration += 1
+            if not done:
+                loop.call_soon(count)
+
+        async def follow() -> None:
+            await flights.run_async("k", work)
+            woken_in.append(iteration)
+
+        async def work() -> str:  # a leader in a worker thread, as the provider's loads are
+            return await asyncio.to_thread(go.wait) and "value"
+
+        tasks = [asyncio.create_task(follow()) for _ in range(1_000)]
+        while flights.waiting("k") < 999:
+            await asyncio.sleep(0)
+        count()
+        go.set()
+        await asyncio.gather(*tasks)
+        done = True
+
+    asyncio.run(main())
+    assert len(woken_in) == 1_000
+    per_iteration = collections.Counter(woken_in)
+    assert max(per_iteration.values()) <= WAKE_BATCH
+    assert len(per_iteration) >= 1_000 // WAKE_BATCH
 
 
 def test_500_trio_tasks_share_one_run_of_the_work() -> None:
