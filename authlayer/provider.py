@@ -26,6 +26,7 @@ path, which runs only on a miss, a refresh, or after a 401:
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -516,15 +517,19 @@ class Provider:
         binding = self._bindings.get(args)
         if binding is not None:
             return binding
-        library = running_library()
+        # (A partial, not a closure: each of a thousand waiting tasks builds it.)
+        return await self._loads.run_async(args, functools.partial(
+            off_loop, functools.partial(self._load, running_library(), args, profile, config,
+                                        scope, tenant, user_assertion)))
 
-        def load() -> Binding:
-            made = self._make(args, profile, config, scope, tenant, user_assertion)
-            if library not in ASYNC_READY:  # the token's flight comes next: its imports too
-                import_async_stack(library)
-            return made
-
-        return await self._loads.run_async(args, lambda: off_loop(load))
+    def _load(self, library: str, args: tuple[Any, ...], profile: Optional[str],
+              config: PathArg, scope: ScopeArg, tenant: Optional[str],
+              user_assertion: Optional[str]) -> Binding:
+        """:meth:`bind_async`'s load, in a worker thread."""
+        made = self._make(args, profile, config, scope, tenant, user_assertion)
+        if library not in ASYNC_READY:  # the token's flight comes next: its imports too
+            import_async_stack(library)
+        return made
 
     # ------------------------------------------------------------------ profiles files
 

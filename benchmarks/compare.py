@@ -589,10 +589,12 @@ LOWER_IS_BETTER = set(ROWS)
 
 # Why a peer can be ahead of authlayer on a row: printed under the table when one is.
 WHY = {
-    "cached": "Authlib's figure is `token.is_expired()` on a token object the caller already "
-              "holds; authlayer's `get_token` first finds the token by the call's own "
-              "arguments (profile, config, overrides) in a memo dict: the price of asking by "
-              "name, a fraction of a microsecond.",
+    "cached": "Authlib's figure is its client's `ensure_active_token` on the one token the "
+              "client object holds; authlayer's `get_token` first finds the token by the "
+              "call's own arguments (profile, config, overrides) in a memo dict, and a Python "
+              "call with keyword arguments costs about 0.05 µs before its first line: the "
+              "price of asking by name. `benchmarks/bench_cliffs.py` times the forms of the "
+              "call side by side.",
     "httpx": "The whole request costs a hundred µs or more and varies by several percent from "
              "block to block on this shared VM: differences this small are within that noise "
              "(see the ranges).",
@@ -605,9 +607,9 @@ WHY = {
                "ratio; in µs per call (after the ratio) its many-tenant call stays the "
                "cheapest.",
     "memory": "httpx-auth and requests-auth keep a (token, expiry) tuple in one dict; "
-              "authlayer keeps, per tenant, an entry holding the token and its ready "
-              "`Bearer …` header (the token's size again, so that the hot path only sets a "
-              "header), the tenant's binding and the call memo.",
+              "authlayer keeps, per tenant, the token's entry and its public `AccessToken`, "
+              "the tenant's binding and keys, the key's slot for the hot path and the call "
+              "memo.",
     "import": "`from authlayer import EntraAuth` imports httpx, as httpx-auth does, plus "
               "authlayer's own modules (the provider, the profile schema and its frozen "
               "dataclasses: see Start-up above).",
@@ -934,7 +936,8 @@ def section(table_md: str, libs: list[str], skipped: list[str], notes: dict[str,
         "### How it measures",
         "",
         f"- **Cached token**: each library's cheapest way to a token it already holds "
-        "(`get_token`, `acquire_token_for_client`, `ClientSecretCredential.get_token`; httpx-auth "
+        "(`get_token(\"bench\")` with the profiles file named by `$AUTHLAYER_CONFIG`, "
+        "`acquire_token_for_client`, `ClientSecretCredential.get_token`; httpx-auth "
         "and requests-auth have no token API, so their global token cache's `get_token` with "
         "the auth object's key, which is what their auth flows call; Authlib's "
         "`ensure_active_token` and the token read). Process CPU time, garbage collector off, "
