@@ -172,14 +172,20 @@ async def off_loop(fn: Callable[[], V]) -> V:
         finally:
             _wake([waiter])
 
-    thread = threading.Thread(target=run, name="authlayer-off-loop", daemon=True)
+    def start() -> None:
+        try:
+            threading.Thread(target=run, name="authlayer-off-loop", daemon=True).start()
+        except BaseException as exc:  # RuntimeError: can't start new thread
+            outcome.append((False, exc))
+            _wake([waiter])
+
     if waiter.loop is not None:
         # Started once the tasks ready now have run: a thread busy from the start (imports,
         # parsing) would take the GIL from them, and a stampede's thousand first steps in
         # this very iteration would take three times as long.
-        waiter.loop.call_soon(thread.start)
+        waiter.loop.call_soon(start)
     else:
-        thread.start()
+        start()
     await wait()
     done, value = outcome[0]
     if not done:

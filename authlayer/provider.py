@@ -343,8 +343,8 @@ def _sharing(key: TokenKey, like: TokenKey) -> TokenKey:
     tenants of one profile then share its scopes, credential and identity parts, and differ
     only by the tenant."""
     account = AccountKey._make(
-        mine if mine != theirs else theirs for mine, theirs in zip(key.account, like.account))
-    scopes = key.scopes if key.scopes != like.scopes else like.scopes
+        theirs if mine == theirs else mine for mine, theirs in zip(key.account, like.account))
+    scopes = like.scopes if key.scopes == like.scopes else key.scopes
     return TokenKey(account, scopes, key.claims)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import pytest
 import trio
 
-from authlayer._singleflight import WAKE_BATCH, SingleFlight
+from authlayer._singleflight import WAKE_BATCH, SingleFlight, off_loop
 
 
 def _until(condition: Callable[[], bool]) -> None:
@@ -687,6 +687,39 @@ def test_a_spawn_whose_thread_cannot_start_sends_its_followers_to_try_again(
     assert followed == ["its own"]
     assert len(flights) == 0
     assert flights.join_background()
+
+
+@pytest.mark.parametrize("library", ["asyncio", "trio"])
+def test_off_loop_runs_in_a_thread_and_hands_back_value_and_error(library: str) -> None:
+    async def main() -> tuple[bool, Any]:
+        here = threading.get_ident()
+        elsewhere = await off_loop(lambda: threading.get_ident() != here)
+        with pytest.raises(KeyError, match="missing"):
+            await off_loop(lambda: {}["missing"])
+        return elsewhere, await off_loop(lambda: None)
+
+    result = trio.run(main) if library == "trio" else asyncio.run(main())
+    assert result == (True, None)
+
+
+@pytest.mark.parametrize("library", ["asyncio", "trio"])
+def test_off_loop_whose_thread_cannot_start_raises_instead_of_waiting_forever(
+        monkeypatch: pytest.MonkeyPatch, library: str) -> None:
+    start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        if self.name != "authlayer-off-loop":
+            start(self)
+            return
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+
+    async def main() -> None:
+        await off_loop(_never)
+
+    with pytest.raises(RuntimeError, match="start new thread"):
+        trio.run(main) if library == "trio" else asyncio.run(main())
 
 
 # ---------------------------------------------------------------------- waiters do not leak
