@@ -265,8 +265,7 @@ def _profile_rows(profile: Profile) -> list[tuple[str, str]]:
     """What ``check`` says about a profile before it asks for a token: the file it came from,
     where each secret comes from (the kind of source, never the value), where the token may go
     and where it is kept."""
-    from dataclasses import fields
-
+    from ._record import field_names
     from .profile import CertificateConfig, SecretSource
 
     rows = [("profiles file", profile.config_path or "-")]
@@ -275,7 +274,7 @@ def _profile_rows(profile: Profile) -> list[tuple[str, str]]:
     if profile.client_id:
         rows.append(("client id", profile.client_id))
     rows.append(("scope", profile.scope or "-"))
-    values = [(f.name, getattr(profile, f.name)) for f in fields(profile)]
+    values = [(name, getattr(profile, name)) for name in field_names(profile)]
     for name, value in values + list(profile.extras):
         if isinstance(value, SecretSource):
             rows.append((value.key or name, value.describe()))

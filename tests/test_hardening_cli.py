@@ -322,6 +322,29 @@ def test_a_cached_token_imports_no_http_client_nor_file_lock(app_profile: Any) -
     assert done.stderr.strip() == "0 []"
 
 
+# Modules on that path that may still define dataclasses (each costs start-up time; the
+# provider's two are left to the provider's own rework).
+DATACLASSES_ALLOWED = {"authlayer.provider"}
+
+
+def test_a_cached_token_defines_no_dataclass_but_the_providers(app_profile: Any) -> None:
+    """The values a cached `authlayer token` defines are records (authlayer._record), built
+    without dataclasses' exec; nor does it ask for their dataclass fields."""
+    app_profile("f", cache="file")
+    assert cli("token", "f").returncode == 0  # fills the file cache
+    probe = ("import sys\nfrom authlayer.cli import main\nsys.stdout = open('/dev/null', 'w')\n"
+             "code = main(['token', 'f'])\n"
+             "classes = [c for n, m in list(sys.modules.items()) if n.startswith('authlayer')\n"
+             "           for c in vars(m).values() if isinstance(c, type)]\n"
+             "made = sorted({f'{c.__module__}.{c.__qualname__}' for c in classes\n"
+             "               if type(vars(c).get('__dataclass_fields__')) is dict\n"
+             f"               and c.__module__ not in {sorted(DATACLASSES_ALLOWED)!r}}})\n"
+             "print(code, made, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.stderr.strip() == "0 []"
+
+
 # ---------------------------------------------------------------- item 0: the demo as a smoke test
 
 def test_demo_shows_cold_stampedes_cost_one_token_request_on_a_fresh_install() -> None:
