@@ -307,15 +307,16 @@ def test_decode_does_not_advertise_config_but_accepts_it(
 def test_a_cached_token_imports_no_http_client_nor_file_lock(app_profile: Any) -> None:
     """`authlayer token` served from the file cache sends nothing, so it needs none of the
     heavy imports: no HTTP (not even authlayer's own boundary), no logging until something is
-    logged, no subprocess or tempfile (the start-up time itself is measured in
-    benchmarks/bench_startup.py)."""
+    logged, no subprocess or tempfile, no argparse (a plain `token NAME` is parsed without it)
+    nor shutil (the start-up time itself is measured in benchmarks/bench_startup.py)."""
     app_profile("f", cache="file")
     assert cli("token", "f").returncode == 0  # fills the file cache
     probe = ("import sys\nfrom authlayer.cli import main\nsys.stdout = open('/dev/null', 'w')\n"
              "code = main(['token', 'f'])\n"
              "heavy = ('httpx', 'httpcore', 'anyio', 'requests', 'cryptography', 'filelock',\n"
              "         'authlayer._http', 'authlayer.stores', 'socket', 'ssl', 'logging',\n"
-             "         'subprocess', 'tempfile', 'random', 'difflib', 'asyncio')\n"
+             "         'subprocess', 'tempfile', 'random', 'difflib', 'asyncio',\n"
+             "         'argparse', 'shutil', 'gettext', 'locale', 'bz2', 'lzma')\n"
              "print(code, sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           timeout=60, check=False)
