@@ -427,7 +427,7 @@ _KEY_OPTIONS = {
     "client_secret": "--secret-env NAME, --secret-file PATH or --secret-command CMD",
 }
 _SECRET_KEYS = ("client_secret", "password", "refresh_token", "client_assertion")
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME = r"[A-Za-z0-9_.-]+"  # compiled by re when init needs it
 
 
 def _toml(value: Any) -> str:
@@ -599,7 +599,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from .config import config_path
 
     name = args.name
-    if not _NAME_RE.fullmatch(name):
+    if not re.fullmatch(_NAME, name):
         raise ConfigError(f"init: {_printable(repr(name))} is not a profile name init writes: "
                           "use letters, digits, '.', '_' and '-'")
     values = _init_values(args)
@@ -792,7 +792,8 @@ def _stop_progress() -> None:
 
 # What the verbose log scrubs from each line, however it got there: JWTs, and runs of 40 or more
 # characters that tokens and secrets are made of without a "/" (so paths and URLs stay).
-_SECRETISH = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_.-]*|[A-Za-z0-9+_~.=-]{40,}")
+# (Compiled by re when --verbose asks for the log.)
+_SECRETISH = r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_.-]*|[A-Za-z0-9+_~.=-]{40,}"
 
 
 def _verbose() -> Callable[[], None]:
@@ -803,7 +804,7 @@ def _verbose() -> Callable[[], None]:
 
     class Scrubbed(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
-            return _printable(_SECRETISH.sub("[redacted]", super().format(record)))
+            return _printable(re.sub(_SECRETISH, "[redacted]", super().format(record)))
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(Scrubbed("authlayer: %(levelname)s: %(message)s"))
