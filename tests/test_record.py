@@ -113,7 +113,8 @@ def test_dataclasses_functions_work(cls: Any) -> None:
     assert dataclasses.astuple(entry) == ("env", "X", "k", None, "-")
     assert cls.__dataclass_params__.frozen
     assert _record.replace(entry, path="/p") == cls("env", "X", key="k", path="/p")
-    assert cls.__match_args__ == ("kind", "ref", "key", "path", "note")
+    if sys.version_info >= (3, 10) or cls is RECORD:  # dataclasses add it from Python 3.10
+        assert cls.__match_args__ == ("kind", "ref", "key", "path", "note")
 
 
 @BOTH
