@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 from . import config, registry
+from ._record import record
 from .config._keys import Values, parse_values
 from .errors import ConfigError, TokenError
 from .flows._workload_env import ENV_CLIENT_ID, ENV_FEDERATED_TOKEN_FILE, ENV_TENANT_ID
@@ -67,7 +67,7 @@ _NOT_IN_AUTO = ("visualstudiocodecredential", "interactivebrowsercredential",
 MAX_DEPTH = 8
 
 
-@dataclass(frozen=True)
+@record
 class Choice:
     """How a chain was resolved: ``flow`` (``"chain"`` or ``"auto"``) profile ``chain`` of the
     file ``path`` uses ``member`` (a profile's name, or auto's source); ``skipped`` are the

@@ -22,18 +22,20 @@ commented profile; ``completion`` prints the shell code for tab completion.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Optional
 
 from ._version import __version__
 from .errors import AuthLayerError, ConfigError, TokenError
 
 if TYPE_CHECKING:
+    import argparse
+
     from ._actions import Sleep
     from .profile import Profile
 
@@ -265,8 +267,7 @@ def _profile_rows(profile: Profile) -> list[tuple[str, str]]:
     """What ``check`` says about a profile before it asks for a token: the file it came from,
     where each secret comes from (the kind of source, never the value), where the token may go
     and where it is kept."""
-    from dataclasses import fields
-
+    from ._record import field_names
     from .profile import CertificateConfig, SecretSource
 
     rows = [("profiles file", profile.config_path or "-")]
@@ -275,7 +276,7 @@ def _profile_rows(profile: Profile) -> list[tuple[str, str]]:
     if profile.client_id:
         rows.append(("client id", profile.client_id))
     rows.append(("scope", profile.scope or "-"))
-    values = [(f.name, getattr(profile, f.name)) for f in fields(profile)]
+    values = [(name, getattr(profile, name)) for name in field_names(profile)]
     for name, value in values + list(profile.extras):
         if isinstance(value, SecretSource):
             rows.append((value.key or name, value.describe()))
@@ -426,7 +427,7 @@ _KEY_OPTIONS = {
     "client_secret": "--secret-env NAME, --secret-file PATH or --secret-command CMD",
 }
 _SECRET_KEYS = ("client_secret", "password", "refresh_token", "client_assertion")
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME = r"[A-Za-z0-9_.-]+"  # compiled by re when init needs it
 
 
 def _toml(value: Any) -> str:
@@ -598,7 +599,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from .config import config_path
 
     name = args.name
-    if not _NAME_RE.fullmatch(name):
+    if not re.fullmatch(_NAME, name):
         raise ConfigError(f"init: {_printable(repr(name))} is not a profile name init writes: "
                           "use letters, digits, '.', '_' and '-'")
     values = _init_values(args)
@@ -712,6 +713,22 @@ def _cmd_completion(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` finds it (``$COLUMNS``, else
+    standard output's terminal, else 80), without importing shutil (it imports bz2 and lzma)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        stream: Any = sys.__stdout__
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):  # no standard output, or not a terminal
+            columns = 0
+    return columns or 80
+
+
 class _Progress:
     """One status line on standard error (a terminal), rewritten in place at each wait and
     cleared before anything else is printed."""
@@ -722,9 +739,7 @@ class _Progress:
     def __call__(self, wait: Sleep) -> None:
         if not wait.why:
             return
-        import shutil
-
-        width = max(20, shutil.get_terminal_size().columns - 1)
+        width = max(20, _columns() - 1)
         text = _printable(f"authlayer: {wait.why} ...")[:width]
         self._write(f"\r\x1b[K{text}\r")
         self.shown = True
@@ -777,7 +792,8 @@ def _stop_progress() -> None:
 
 # What the verbose log scrubs from each line, however it got there: JWTs, and runs of 40 or more
 # characters that tokens and secrets are made of without a "/" (so paths and URLs stay).
-_SECRETISH = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_.-]*|[A-Za-z0-9+_~.=-]{40,}")
+# (Compiled by re when --verbose asks for the log.)
+_SECRETISH = r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_.-]*|[A-Za-z0-9+_~.=-]{40,}"
 
 
 def _verbose() -> Callable[[], None]:
@@ -788,7 +804,7 @@ def _verbose() -> Callable[[], None]:
 
     class Scrubbed(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
-            return _printable(_SECRETISH.sub("[redacted]", super().format(record)))
+            return _printable(re.sub(_SECRETISH, "[redacted]", super().format(record)))
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(Scrubbed("authlayer: %(levelname)s: %(message)s"))
@@ -837,76 +853,147 @@ def _init_arguments(p: argparse.ArgumentParser) -> None:
 _VERBOSE_HELP = "show authlayer's log (DEBUG) on standard error; secrets are never shown"
 
 
+# Every command, in the order --help lists them.
+_COMMANDS = ("profiles", "token", "check", "decode", "login", "logout", "init", "completion",
+             "emulator", "demo")
+
+
 def _parser(command: Optional[str] = None) -> argparse.ArgumentParser:
-    """The command line's parser; with ``command``, only that command's own options are
-    added (all commands are listed either way)."""
-    verbose = argparse.ArgumentParser(add_help=False)
+    """The command line's parser. With ``command`` (one of :data:`_COMMANDS`), only that
+    command is added: the others matter to the top level's --help and its errors, which a
+    command given never shows, and adding them costs start-up time of every command."""
+    import argparse
+
+    class Formatter(argparse.HelpFormatter):
+        """argparse's own, measuring the terminal as it does but without importing shutil
+        (which imports bz2 and lzma): argparse makes one for every option it adds."""
+
+        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                     width: Optional[int] = None, **kwargs: Any) -> None:
+            super().__init__(prog, indent_increment, max_help_position,
+                             _columns() - 2 if width is None else width, **kwargs)
+
+    class Parser(argparse.ArgumentParser):  # its subcommands' parsers are of its class too
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("formatter_class", Formatter)
+            super().__init__(*args, **kwargs)
+
+    def wanted(name: str) -> bool:
+        return command not in _COMMANDS or command == name
+
+    verbose = Parser(add_help=False)
     # SUPPRESS: after the command, --verbose must not reset what was given before it.
     verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                          help=_VERBOSE_HELP)
-    common = argparse.ArgumentParser(add_help=False, parents=[verbose])
+    common = Parser(add_help=False, parents=[verbose])
     common.add_argument("--config", metavar="PATH",
                         help="profiles file (default: $AUTHLAYER_CONFIG, else the user config "
                         "folder's authlayer/profiles.toml)")
-    with_profile = argparse.ArgumentParser(add_help=False, parents=[common])
+    with_profile = Parser(add_help=False, parents=[common])
     arg = with_profile.add_argument("profile", metavar="PROFILE", nargs="?",
                                     help="profile name (default: $AUTHLAYER_PROFILE)")
     setattr(arg, "completer", _complete_profiles)  # noqa: B010 - argcomplete reads it
     with_profile.add_argument("--scope", help="override the profile's scope")
     with_profile.add_argument("--tenant", help="override the profile's tenant")
-    no_prompt = argparse.ArgumentParser(add_help=False)
+    no_prompt = Parser(add_help=False)
     no_prompt.add_argument("--no-prompt", action="store_true",
                            help="never ask a person to sign in: fail instead (for cron and CI)")
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="authlayer", description="Entra ID tokens for scripts, from named profiles.")
     parser.add_argument("--version", action="version", version=f"authlayer {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("profiles", parents=[common], help="list profiles (never secrets)")
-    p.set_defaults(func=_cmd_profiles)
-    p = sub.add_parser("token", parents=[with_profile, no_prompt],
-                       help="print an access token")
-    p.add_argument("--json", action="store_true", help="print JSON with expires_on")
-    p.set_defaults(func=_cmd_token)
-    p = sub.add_parser("check", parents=[with_profile, no_prompt],
-                       help="validate a profile, show where its secrets come from and where its "
-                       "token may go, get a token and show its claims (not the token)")
-    p.set_defaults(func=_cmd_check)
-    p = sub.add_parser("decode", parents=[verbose],
-                       help="decode a JWT offline (standard input when no argument)")
-    # Accepted so that scripts may pass --config to every command; decoding reads no profile,
-    # so it is not advertised.
-    p.add_argument("--config", help=argparse.SUPPRESS)
-    p.add_argument("token", nargs="?", help="the token (default: read standard input)")
-    p.set_defaults(func=_cmd_decode)
-    p = sub.add_parser("login", parents=[with_profile], help="sign in now and keep the tokens")
-    p.set_defaults(func=_cmd_login)
-    p = sub.add_parser("logout", parents=[with_profile], help="forget the cached tokens")
-    p.set_defaults(func=_cmd_logout)
-    p = sub.add_parser(
-        "init", parents=[common], help="add a commented profile to the profiles file",
-        description="Add a commented profile to the profiles file (created 0600, in a folder "
-        "created 0700, if there is none). On a terminal, asks for what the options leave out. "
-        "Never overwrites a profile. Secrets are never written: name where they come from.")
-    if command in (None, "init"):  # its many options cost start-up time of every other command
-        _init_arguments(p)
-    p.set_defaults(func=_cmd_init)
-    p = sub.add_parser(
-        "completion", parents=[verbose], help="print shell code for tab completion",
-        description="Print the code that makes your shell complete authlayer's commands and "
-        "profile names (needs the completion extra: pip install 'authlayer[completion]'). "
-        'bash: eval "$(authlayer completion bash)" in ~/.bashrc; zsh: the same in ~/.zshrc; '
-        "fish: authlayer completion fish | source, in config.fish.")
-    p.add_argument("shell", choices=("bash", "zsh", "fish"))
-    p.set_defaults(func=_cmd_completion)
-    # Listed for --help; main() hands "emulator ..." to the emulator's own parser.
-    sub.add_parser("emulator", help="run the local Entra ID emulator (--port N, --tls)")
-    p = sub.add_parser("demo", parents=[verbose], help="an offline tour against the emulator")
-    p.set_defaults(func=_cmd_demo)
+    if wanted("profiles"):
+        p = sub.add_parser("profiles", parents=[common], help="list profiles (never secrets)")
+        p.set_defaults(func=_cmd_profiles)
+    if wanted("token"):
+        p = sub.add_parser("token", parents=[with_profile, no_prompt],
+                           help="print an access token")
+        p.add_argument("--json", action="store_true", help="print JSON with expires_on")
+        p.set_defaults(func=_cmd_token)
+    if wanted("check"):
+        p = sub.add_parser("check", parents=[with_profile, no_prompt],
+                           help="validate a profile, show where its secrets come from and where "
+                           "its token may go, get a token and show its claims (not the token)")
+        p.set_defaults(func=_cmd_check)
+    if wanted("decode"):
+        p = sub.add_parser("decode", parents=[verbose],
+                           help="decode a JWT offline (standard input when no argument)")
+        # Accepted so that scripts may pass --config to every command; decoding reads no
+        # profile, so it is not advertised.
+        p.add_argument("--config", help=argparse.SUPPRESS)
+        p.add_argument("token", nargs="?", help="the token (default: read standard input)")
+        p.set_defaults(func=_cmd_decode)
+    if wanted("login"):
+        p = sub.add_parser("login", parents=[with_profile],
+                           help="sign in now and keep the tokens")
+        p.set_defaults(func=_cmd_login)
+    if wanted("logout"):
+        p = sub.add_parser("logout", parents=[with_profile], help="forget the cached tokens")
+        p.set_defaults(func=_cmd_logout)
+    if wanted("init"):
+        p = sub.add_parser(
+            "init", parents=[common], help="add a commented profile to the profiles file",
+            description="Add a commented profile to the profiles file (created 0600, in a "
+            "folder created 0700, if there is none). On a terminal, asks for what the options "
+            "leave out. Never overwrites a profile. Secrets are never written: name where they "
+            "come from.")
+        if command in (None, "init"):  # its many options cost start-up time of --help too
+            _init_arguments(p)
+        p.set_defaults(func=_cmd_init)
+    if wanted("completion"):
+        p = sub.add_parser(
+            "completion", parents=[verbose], help="print shell code for tab completion",
+            description="Print the code that makes your shell complete authlayer's commands "
+            "and profile names (needs the completion extra: pip install "
+            "'authlayer[completion]'). "
+            'bash: eval "$(authlayer completion bash)" in ~/.bashrc; zsh: the same in ~/.zshrc; '
+            "fish: authlayer completion fish | source, in config.fish.")
+        p.add_argument("shell", choices=("bash", "zsh", "fish"))
+        p.set_defaults(func=_cmd_completion)
+    if wanted("emulator"):
+        # Listed for --help; main() hands "emulator ..." to the emulator's own parser.
+        sub.add_parser("emulator", help="run the local Entra ID emulator (--port N, --tls)")
+    if wanted("demo"):
+        p = sub.add_parser("demo", parents=[verbose], help="an offline tour against the emulator")
+        p.set_defaults(func=_cmd_demo)
     return parser
+
+
+# `authlayer token`'s options as its parser has them: those that take a value, and the flags.
+_TOKEN_VALUES = {"--config": "config", "--scope": "scope", "--tenant": "tenant"}
+_TOKEN_FLAGS = {"--json": "json", "--no-prompt": "no_prompt", "-v": "verbose",
+                "--verbose": "verbose"}
+
+
+def _plain_token(argv: Sequence[str]) -> Optional[SimpleNamespace]:
+    """``authlayer token`` as scripts write it (``token NAME`` with options spelt out in full,
+    each value a separate word not starting with ``-``), parsed as the parser would parse it
+    but without argparse: importing it and building the parser cost a few milliseconds of a
+    command that runs often. ``None`` for anything else (``--help``, an abbreviation, ``--``,
+    ``--scope=S``, a mistake): the parser handles it, and explains its errors.
+    ``tests/test_cli.py`` checks that both parse alike."""
+    if argv[:1] != ["token"]:
+        return None
+    args = SimpleNamespace(command="token", func=_cmd_token, profile=None, config=None,
+                           scope=None, tenant=None, json=False, no_prompt=False, verbose=False)
+    words = iter(argv[1:])
+    for word in words:
+        if word in _TOKEN_FLAGS:
+            setattr(args, _TOKEN_FLAGS[word], True)
+        elif word in _TOKEN_VALUES:
+            value = next(words, "-")
+            if value.startswith("-"):
+                return None
+            setattr(args, _TOKEN_VALUES[word], value)
+        elif word.startswith("-") or args.profile is not None:
+            return None
+        else:
+            args.profile = word
+    return args
 
 
 _WAITS = frozenset({"token", "check", "login"})  # commands that may wait on the identity service
@@ -920,10 +1007,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return emulator_main(argv[1:])
     completing = "_ARGCOMPLETE" in os.environ
-    parser = _parser(None if completing or not argv or argv[0].startswith("-") else argv[0])
-    if completing:  # the shell asks for completions (authlayer completion)
-        return _complete(parser)
-    args = parser.parse_args(argv)
+    args: Any = None if completing else _plain_token(argv)
+    if args is None:
+        parser = _parser(None if completing or not argv or argv[0].startswith("-") else argv[0])
+        if completing:  # the shell asks for completions (authlayer completion)
+            return _complete(parser)
+        args = parser.parse_args(argv)
     quiet: Optional[Callable[[], None]] = None
     if args.verbose:
         quiet = _verbose()

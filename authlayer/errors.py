@@ -119,10 +119,11 @@ def hint_for(error: Optional[str], error_codes: Sequence[int]) -> Optional[str]:
 # a huge one must not cost more than this to clean.
 REDACT_LIMIT = 4096
 # A run of the characters tokens and secrets are made of, with base64's padding after it.
-_RUN_RE = re.compile(r"([A-Za-z0-9+/_~.-]+)(={0,2})")
+# (Patterns are compiled by re at their first use: most processes never redact anything.)
+_RUN = r"([A-Za-z0-9+/_~.-]+)(={0,2})"
 _RUN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_~.-="
 # A JWT inside a short run (a long run is redacted whole).
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
+_JWT = r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*"
 _LONG = 40
 
 
@@ -131,7 +132,7 @@ def _redact_run(match: re.Match[str]) -> str:
     if len(run) >= _LONG:
         return "[redacted]"
     # Bounded: a short run costs at most _LONG² steps however the text is made.
-    return _JWT_RE.sub("[redacted]", run) + match.group(2)
+    return re.sub(_JWT, "[redacted]", run) + match.group(2)
 
 
 def redact(text: str) -> str:
@@ -143,7 +144,7 @@ def redact(text: str) -> str:
     if len(text) > REDACT_LIMIT:
         size = len(text)
         text = text[:REDACT_LIMIT].rstrip(_RUN_CHARS) + f"... (cut from {size} characters)"
-    return _RUN_RE.sub(_redact_run, text)
+    return re.sub(_RUN, _redact_run, text)
 
 
 class TokenError(AuthLayerError):

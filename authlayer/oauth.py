@@ -214,8 +214,9 @@ def post(ctx: FlowContext, url: str, form: Mapping[str, str], *, what: str
 
 # --------------------------------------------------------------------------- the answer
 
-_AADSTS_RE = re.compile(r"AADSTS(\d+)")
-_CORRELATION_RE = re.compile(r"Correlation ID:\s*([0-9a-fA-F-]{36})")
+# Compiled by re at their first use: a token served from a cache reads no error.
+_AADSTS = r"AADSTS(\d+)"
+_CORRELATION = r"Correlation ID:\s*([0-9a-fA-F-]{36})"
 
 
 def _number(value: Any) -> Optional[int]:
@@ -265,10 +266,10 @@ def parse_error(
     if isinstance(codes_raw, list):
         codes = [c for c in (_number(x) for x in codes_raw) if c is not None]
     if not codes:
-        codes = [int(m) for m in _AADSTS_RE.findall(first_line)[:1]]
+        codes = [int(m) for m in re.findall(_AADSTS, first_line)[:1]]
     correlation = body.get("correlation_id")
     if not isinstance(correlation, str):
-        found = _CORRELATION_RE.search(description)
+        found = re.search(_CORRELATION, description)
         correlation = found.group(1) if found else None
     suberror = body.get("suberror")
     claims = body.get("claims")

@@ -11,11 +11,11 @@ import contextlib
 import os
 import stat
 import threading
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _fileperms
 from ._log import log
+from ._record import field, record
 from .errors import ConfigError
 from .hosts import HostPolicy
 from .registry import BUILTIN_FLOWS as FLOWS
@@ -68,7 +68,7 @@ class Secret:
         raise TypeError("a Secret is not pickled: it would carry the secret")
 
 
-@dataclass(frozen=True)
+@record
 class SecretSource:
     """Where a secret comes from: the value itself, an environment variable, a file, a command,
     or a secret source a plugin adds.
@@ -236,7 +236,7 @@ def read_at_most(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@dataclass(frozen=True)
+@record
 class CertificateConfig:
     """A certificate credential: a PEM or PKCS#12 file, an optional password, and whether to
     send the chain (``x5c``) for subject-name/issuer setups."""
@@ -250,7 +250,7 @@ class CertificateConfig:
         return f"cert:{self.path}"
 
 
-@dataclass(frozen=True)
+@record
 class Profile:
     """One validated profile, with ``[defaults]``, ``extends`` and call overrides applied.
 

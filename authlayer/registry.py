@@ -235,8 +235,7 @@ def _described(exc: BaseException) -> str:
 
 
 def _wrap_secret_source(name: str, loaded: Any, ep: EntryPoint) -> SecretSourceSpec:
-    from dataclasses import replace
-
+    from ._record import replace
     from .profile import keyed_hash
     from .schema import SecretSourceSpec
 
@@ -298,8 +297,7 @@ def _never_raises(identity: Callable[[_T], str]) -> Callable[[_T], str]:
 
 
 def _wrap_flow(name: str, loaded: Any, ep: EntryPoint) -> FlowSpec:
-    from dataclasses import replace
-
+    from ._record import replace
     from .config import KEYS
     from .schema import FlowSpec
 

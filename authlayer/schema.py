@@ -14,8 +14,9 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from ._record import field, record
 
 if TYPE_CHECKING:
     from ._http import Action
@@ -54,7 +55,7 @@ def endpoint(profile: Profile, name: str, tenant: Optional[str] = None) -> str:
     return f"{profile.authority}/{tenant or profile.tenant}/oauth2/v2.0/{name}"
 
 
-@dataclass(frozen=True)
+@record
 class FlowContext:
     """What one token acquisition needs beyond the profile.
 
@@ -81,7 +82,7 @@ class FlowContext:
         return endpoint(self.profile, "token", tenant)
 
 
-@dataclass(frozen=True)
+@record
 class Key:
     """One profile key: how its value is checked and turned into a :class:`Profile` field.
 
@@ -106,7 +107,7 @@ class Key:
         return self.field or self.name
 
 
-@dataclass(frozen=True)
+@record
 class AtMostOne:
     """A combination a flow forbids: at most one of ``keys``; ``why`` completes the message
     "a and b are both set: {why} with one of a, b or c"."""
@@ -115,7 +116,7 @@ class AtMostOne:
     why: str
 
 
-@dataclass(frozen=True)
+@record
 class ReadContext:
     """Where a secret source is read for: the profile, the key, the profiles file."""
 
@@ -124,7 +125,7 @@ class ReadContext:
     path: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@record
 class SecretSourceSpec:
     """A kind of secret source: the table key in ``client_secret = { KIND = ... }``.
 
@@ -146,7 +147,7 @@ class SecretSourceSpec:
     available: Optional[Callable[[Any, ReadContext], Optional[str]]] = None
 
 
-@dataclass(frozen=True)
+@record
 class FlowSpec:
     """Everything authlayer needs to know about a flow, declared next to its code.
 

@@ -5,8 +5,9 @@ Both are immutable, and neither shows a token in its ``repr``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional
+
+from ._record import field, record
 
 __all__ = ["AccessToken", "TokenResult"]
 
@@ -34,7 +35,7 @@ class AccessToken(NamedTuple):
         return self.__repr__()
 
 
-@dataclass(frozen=True)
+@record
 class TokenResult:
     """What a flow returns: the access token and what came with it.
 

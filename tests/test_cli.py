@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -10,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authlayer import jwt
 from authlayer.cli import main
@@ -215,3 +219,61 @@ def test_profiles_lists_every_profile_even_when_one_is_broken(
     assert "invalid" in out
     assert "missing.pem" in err
     assert err.count("\n") == 1
+
+
+# ------------------------------------------------------------ `authlayer token` without argparse
+
+# Words a command line may hold after `token`: names, the options spelt in full and otherwise,
+# values that look like options, and what argparse treats specially.
+_WORDS = ["bench", "other", "", "a b", "--json", "--no-prompt", "-v", "--verbose", "--config",
+          "--scope", "--tenant", "/p.toml", "api://x/.default", "-x", "-1", "--", "--js",
+          "--scope=s", "-h", "--help", "--version", "token", "--no-prompt=1"]
+
+
+def _parsed(argv: list[str], command: Any) -> Any:
+    """What the parser makes of ``argv`` (the parser built for ``command``): its namespace as
+    a dict, or ``None`` where it refuses (it exits)."""
+    from authlayer.cli import _parser
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(
+                io.StringIO()):
+            return vars(_parser(command).parse_args(argv))
+    except SystemExit:
+        return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(words=st.lists(st.sampled_from(_WORDS), max_size=5))
+def test_token_is_parsed_as_the_parser_parses_it(words: list[str]) -> None:
+    """A plain `authlayer token` is parsed without argparse; what it accepts, it reads as the
+    parser would (the full parser, and the one built for `token` alone); the rest goes to
+    the parser."""
+    from authlayer.cli import _plain_token
+
+    argv = ["token", *words]
+    quick = _plain_token(argv)
+    if quick is not None:
+        assert vars(quick) == _parsed(argv, None) == _parsed(argv, "token")
+
+
+@pytest.mark.parametrize("argv", [
+    ["token", "bench"], ["token"], ["token", "--json", "bench", "--no-prompt"],
+    ["token", "--scope", "api://x/.default", "--tenant", "t", "--config", "/p.toml", "-v", "b"],
+])
+def test_plain_token_command_lines_take_the_quick_way(argv: list[str]) -> None:
+    from authlayer.cli import _plain_token
+
+    quick = _plain_token(argv)
+    assert quick is not None
+    assert vars(quick) == _parsed(argv, None)
+
+
+@pytest.mark.parametrize("argv", [
+    ["token", "a", "b"], ["token", "--js", "a"], ["token", "--scope"], ["token", "--scope", "-x"],
+    ["token", "--", "a"], ["token", "-h"], ["token", "--scope=s", "a"], ["check", "a"], [],
+])
+def test_other_command_lines_go_to_the_parser(argv: list[str]) -> None:
+    from authlayer.cli import _plain_token
+
+    assert _plain_token(argv) is None

@@ -636,6 +636,18 @@ def test_profiles_file_that_is_not_utf8(tmp_path: Path) -> None:
     assert "not UTF-8" in str(error)
 
 
+def test_profiles_file_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Windows editors may start UTF-8 files with a byte order mark: it is not part of the TOML,
+    and a line number in a message still counts from the file's first line."""
+    path = tmp_path / "profiles.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + f"[profiles.p]\n{CC_SECRET}".encode())
+    assert load_profile("p", config=path).client_id == CID
+    path.write_bytes(b'\xef\xbb\xbf[profiles.q]\nflow = "x"\nscope = "\xff"\n')
+    assert "not UTF-8 text (line 3)" in str(config_error(path, "q"))
+    path.write_bytes(b"\xef\xbb\xbf\xef\xbb\xbf[profiles.p]\n")  # only one mark is dropped
+    assert "not valid TOML" in str(config_error(path))
+
+
 def test_unknown_profile_suggests_close_names(tmp_path: Path) -> None:
     path = write(tmp_path, f"[profiles.prod-graph]\n{CC_SECRET}[profiles.me]\n{DEVICE}")
     error = config_error(path, "prod-grph")

@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(("authlayer.schema", "authlayer.profile", "authlayer.token",
                      "authlayer.errors", "authlayer.hosts", "authlayer.jwt",
                      "authlayer.certificate", "authlayer._version", "authlayer._fileperms",
-                     "authlayer._entrypoints", "authlayer._log"), 0),
+                     "authlayer._entrypoints", "authlayer._log", "authlayer._record"), 0),
 }
 
 # (importer, imported): why this import may go up.

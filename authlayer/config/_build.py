@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, Optional, Union
 
 from .. import registry
+from .._record import replace
 from ..errors import ConfigError
 from ..hosts import HostPolicy, NoHostError
 from ..profile import Profile

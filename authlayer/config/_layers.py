@@ -118,8 +118,11 @@ def _parse(path: str) -> _File:
             "profiles file",
             path=path,
         )
+    # A byte order mark (Windows editors write one) is dropped: "utf-8-sig" would do it, but its
+    # codec is one more module for every start.
+    data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError(f"the profiles file is not UTF-8 text (line {line})", path=path) from None

@@ -18,11 +18,11 @@ import inspect
 import logging
 import warnings
 from collections.abc import Generator
-from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from .. import jwt
 from .._actions import Action
+from .._record import replace
 from ..errors import TokenError
 from ..oauth import refresh_grant
 from ..profile import Secret

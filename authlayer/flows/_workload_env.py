@@ -10,9 +10,9 @@ the values are checked like keys of the profiles file, and messages name the var
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import Any
 
+from .._record import replace
 from ..config._keys import BY_NAME, Values, parse_values
 from ..profile import DEFAULT_AUTHORITY, Profile, SecretSource
 

@@ -26,13 +26,13 @@ import re
 import secrets
 import time
 from collections.abc import Generator
-from dataclasses import replace
 from typing import Any, Optional
 from urllib.parse import urlencode
 
 from .._actions import Action, call
 from .._browser import open_browser
 from .._loopback import LoopbackListener
+from .._record import replace
 from ..errors import TokenError, redact
 from ..oauth import claims_request, endpoint, exchange
 from ..token import TokenResult

@@ -29,7 +29,7 @@ import re
 import subprocess
 import time
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 from .. import jwt
 from .._actions import Action, call
 from .._process import run, which
+from .._record import replace
 from ..errors import TokenError, redact
 from ..oauth import refresh_grant, refresh_time
 from ..profile import Profile, Secret

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator
-from dataclasses import replace
 from typing import Any, Optional
 
 from .._actions import Action, Sleep
+from .._record import replace
 from ..errors import TokenError
 from ..oauth import endpoint, exchange, post
 from ..token import TokenResult

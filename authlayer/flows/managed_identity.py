@@ -26,7 +26,7 @@ import os
 import stat
 import sys
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
@@ -43,6 +43,7 @@ from .._http import (
     run_sync,
     send,
 )
+from .._record import replace
 from ..errors import ConfigError, TokenError, redact
 from ..oauth import parse_error, parse_token
 from ..profile import Profile
