@@ -52,8 +52,10 @@ loop shut down, no longer counts and is no longer woken).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
+import os
 import threading
 import time
 from collections.abc import Awaitable, Hashable
@@ -119,14 +121,24 @@ class _Waiter:
         self.wake = wake
 
 
-def _loop_waiter() -> tuple[_Waiter, Callable[[], Awaitable[Any]]]:
-    """``(waiter, wait)`` for the running task: ``await wait()`` returns once :func:`_wake`
-    woke the waiter, from any thread. asyncio or trio, found without sniffio."""
+def _asyncio_loop() -> Any:
+    """The running asyncio loop if the caller is an asyncio task, else None (trio, including
+    trio in guest mode on an asyncio loop, whose tasks see that loop running but are no
+    asyncio task). Found without sniffio."""
     import asyncio
 
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
+        return None
+    return loop if asyncio.current_task(loop) is not None else None
+
+
+def _loop_waiter() -> tuple[_Waiter, Callable[[], Awaitable[Any]]]:
+    """``(waiter, wait)`` for the running task: ``await wait()`` returns once :func:`_wake`
+    woke the waiter, from any thread. asyncio or trio, found without sniffio."""
+    loop = _asyncio_loop()
+    if loop is None:
         try:
             import trio
         except ImportError:
@@ -140,27 +152,66 @@ def _loop_waiter() -> tuple[_Waiter, Callable[[], Awaitable[Any]]]:
 
         return _Waiter(None, wake_trio), event.wait
 
-    future: asyncio.Future[None] = loop.create_future()
+    future = loop.create_future()
     return _Waiter(loop, future), lambda: future
 
 
 def running_library() -> str:
-    """``"asyncio"`` or ``"trio"``: the event loop library of the running task, found without
-    sniffio (anything but a running asyncio loop is taken for trio)."""
-    import asyncio
+    """``"asyncio"`` or ``"trio"``: the event loop library of the running task."""
+    return "trio" if _asyncio_loop() is None else "asyncio"
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return "trio"
-    return "asyncio"
+
+class _Threads:
+    """Runs jobs in daemon threads, at most ``limit`` at once: more wait their turn, and a
+    thread that finishes a job takes the next one. No thread is kept waiting for work."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # a child has none of its parent's threads
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: collections.deque[Callable[[], None]] = collections.deque()
+        self._running = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` (which raises nothing) in a thread, now or when one is free."""
+        with self._lock:
+            if self._running >= self.limit:
+                self._pending.append(job)
+                return
+            self._running += 1
+        try:
+            threading.Thread(target=self._run, args=(job,), name="authlayer-off-loop",
+                             daemon=True).start()
+        except BaseException:
+            with self._lock:
+                self._running -= 1
+            raise
+
+    def _run(self, job: Optional[Callable[[], None]]) -> None:
+        while job is not None:
+            with contextlib.suppress(BaseException):  # (jobs catch their own): never stop
+                job()
+            with self._lock:
+                if self._pending:
+                    job = self._pending.popleft()
+                else:
+                    job = None
+                    self._running -= 1
+
+
+#: At most this many :func:`off_loop` jobs run at once (anyio's default is 40).
+OFF_LOOP_THREADS = _Threads(32)
 
 
 async def off_loop(fn: Callable[[], V]) -> V:
-    """``fn()`` in a new daemon thread, awaited without blocking the running event loop
-    (asyncio or trio), and without anyio: for work that must not run on the loop before
-    anyio itself is imported (its first import takes tens of ms). A cancelled caller stops
-    waiting; ``fn`` still runs to its end."""
+    """``fn()`` in a worker thread (:data:`OFF_LOOP_THREADS`), awaited without blocking the
+    running event loop (asyncio or trio), and without anyio: for work that must not run on
+    the loop before anyio itself is imported (its first import takes tens of ms). A cancelled
+    caller stops waiting; ``fn`` still runs to its end."""
     waiter, wait = _loop_waiter()
     outcome: list[tuple[bool, Any]] = []
 
@@ -174,7 +225,7 @@ async def off_loop(fn: Callable[[], V]) -> V:
 
     def start() -> None:
         try:
-            threading.Thread(target=run, name="authlayer-off-loop", daemon=True).start()
+            OFF_LOOP_THREADS.submit(run)
         except BaseException as exc:  # RuntimeError: can't start new thread
             outcome.append((False, exc))
             _wake([waiter])

@@ -33,13 +33,13 @@ import threading
 import time
 import weakref
 from collections.abc import Generator, Hashable, Sequence
-from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 
 from . import registry
 from ._actions import ASYNC_READY, Action, Call, Flow, import_async_stack, run_async, run_sync
 from ._log import log
+from ._record import record, replace
 from ._singleflight import SingleFlight, off_loop, running_library
 from .errors import AuthLayerError
 from .flows import FlowContext, default_prompt
@@ -105,15 +105,15 @@ class CachedToken(NamedTuple):
         return f"CachedToken({self.token!r}, refresh_on={self.refresh_on})"
 
 
+_BEARER = "Bearer"
+
+
 def _shared_type(token: AccessToken) -> AccessToken:
     """``token`` with the one shared ``"Bearer"`` string, not a copy of its own per token (an
     answer's or a record's JSON makes one each)."""
     if token.token_type == "Bearer" and token.token_type is not _BEARER:
         return token._replace(token_type=_BEARER)
     return token
-
-
-_BEARER = "Bearer"
 
 
 # ---------------------------------------------------------------------- what a caller needs
@@ -137,7 +137,7 @@ class Forget(Enum):
     SIGN_OUT = "sign_out"  # and its records in the store: logout
 
 
-@dataclass(frozen=True)
+@record
 class Need:
     """What one caller needs, as one value: ``want``, the claims of a claims challenge, the
     token that got a 401, and whether a person may be asked to sign in. Build it with
@@ -392,14 +392,16 @@ def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Opti
     return (profile, config, scope, tenant, user_assertion)
 
 
-@dataclass
 class _Refusal:
     """401s for one token key: the token fetched after the last one, and the cooldown."""
 
-    token: Optional[str]  # the replacement fetched after a 401 (None: none since the cooldown)
-    fetched_at: float
-    delay: float = 0.0  # the last cooldown's length (0: none yet)
-    until: float = 0.0  # no new token before this
+    __slots__ = ("delay", "fetched_at", "token", "until")
+
+    def __init__(self, token: Optional[str], fetched_at: float) -> None:
+        self.token = token  # the replacement fetched after a 401 (None: none since the cooldown)
+        self.fetched_at = fetched_at
+        self.delay = 0.0  # the last cooldown's length (0: none yet)
+        self.until = 0.0  # no new token before this
 
 
 class Provider:

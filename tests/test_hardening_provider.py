@@ -27,6 +27,7 @@ from authlayer.emulator.wire import Request, Response, json_response
 from authlayer.provider import MIN_VALIDITY, PROVIDER
 
 from .conftest import Client, Clock, Profiles, write_cc_profile
+from .test_singleflight import _as_trio_guest
 
 _CLAIMS = base64.urlsafe_b64encode(json.dumps(
     {"access_token": {"acrs": {"essential": True, "value": "c9"}}}).encode()).decode().rstrip("=")
@@ -336,6 +337,28 @@ def test_a_thousand_tasks_on_a_new_profile_load_it_once(
     assert len(asyncio.run(main(1000))) == 1
     assert loads[0] == 1
     assert len(hops) == alone  # one task reads the profile; the others wait for it
+    assert hemu.count("token") == 1
+
+
+def test_trio_tasks_in_guest_mode_on_an_asyncio_loop_get_one_token(
+    hemu: Emulator, api: str
+) -> None:
+    """A trio app run as a guest of an asyncio loop: its tasks see asyncio's loop running,
+    yet must wait and hop to worker threads as trio tasks."""
+    import trio
+
+    async def main() -> set[str]:
+        tokens: list[str] = []
+
+        async def one() -> None:
+            tokens.append((await get_token_async(api)).token)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(one)
+        return set(tokens)
+
+    assert len(_as_trio_guest(main)) == 1
     assert hemu.count("token") == 1
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from authlayer import get_token, provider
 from authlayer._log import log
+from authlayer.emulator import Emulator
 from authlayer.filecache import default_path
 from authlayer.provider import PROVIDER
 
@@ -78,3 +79,31 @@ def test_a_relative_xdg_cache_home_is_ignored(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
     expected = os.path.join(os.path.expanduser("~/.cache"), "authlayer", "tokens.json")
     assert default_path() == os.path.abspath(expected)
+
+
+@pytest.mark.parametrize("form", ["name", "config as str", "config as Path", "profile from env",
+                                  "scope", "scope and tenant", "tenant, profile from env"])
+def test_a_second_call_is_served_by_the_hot_path(
+    form: str, app_profile: Callable[..., str], profiles: Profiles, emu: Emulator,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_token builds its memo key inline, the slow path with provider._args: were they ever
+    to differ, every cached call would quietly take the slow path."""
+    name = app_profile("hot")
+    monkeypatch.setenv("AUTHLAYER_PROFILE", name)
+    path = profiles.path
+    call = {
+        "name": lambda: get_token(name),
+        "config as str": lambda: get_token(name, config=str(path)),
+        "config as Path": lambda: get_token(name, config=path),
+        "profile from env": lambda: get_token(),
+        "scope": lambda: get_token(name, scope=emu.api_scope),
+        "scope and tenant": lambda: get_token(name, scope=emu.api_scope, tenant=emu.tenant_id),
+        "tenant, profile from env": lambda: get_token(tenant=emu.tenant_id),
+    }[form]
+    first = call()
+    slow: list[None] = []
+    monkeypatch.setattr(PROVIDER, "check_files", lambda: slow.append(None))
+    PROVIDER.recheck_at = float("inf")  # no file check due: only a memo miss goes slow
+    assert call() == first
+    assert slow == []

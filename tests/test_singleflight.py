@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import os
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -17,7 +18,7 @@ from typing import Any, Callable, Optional
 import pytest
 import trio
 
-from authlayer._singleflight import WAKE_BATCH, SingleFlight, off_loop
+from authlayer._singleflight import WAKE_BATCH, SingleFlight, _Threads, off_loop, running_library
 
 
 def _until(condition: Callable[[], bool]) -> None:
@@ -720,6 +721,82 @@ def test_off_loop_whose_thread_cannot_start_raises_instead_of_waiting_forever(
 
     with pytest.raises(RuntimeError, match="start new thread"):
         trio.run(main) if library == "trio" else asyncio.run(main())
+
+
+def _as_trio_guest(main: Callable[[], Any]) -> Any:
+    """Run trio's ``main`` in guest mode on an asyncio loop: its tasks see asyncio's loop
+    running, yet are trio tasks (what a trio app embedded in an asyncio one does)."""
+    async def host() -> Any:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        trio.lowlevel.start_guest_run(main, run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+                                      done_callback=done.set_result)
+        return (await done).unwrap()
+
+    return asyncio.run(host())
+
+
+def test_trio_in_guest_mode_on_an_asyncio_loop_waits_and_runs_off_loop_as_trio() -> None:
+    flights: SingleFlight[str, str] = SingleFlight()
+
+    async def main() -> list[str]:
+        assert running_library() == "trio"
+        results: list[str] = []
+
+        async def one() -> None:
+            results.append(await flights.run_async(
+                "k", lambda: off_loop(lambda: time.sleep(0.05) or "value")))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(one)
+        return results
+
+    assert _as_trio_guest(main) == ["value"] * 20
+
+
+def test_off_loop_runs_at_most_its_limit_of_threads_and_every_job() -> None:
+    threads = _Threads(3)
+    go = threading.Event()
+    lock = threading.Lock()
+    running = peak = 0
+    done: list[int] = []
+
+    def job(n: int) -> Callable[[], None]:
+        def run() -> None:
+            nonlocal running, peak
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            go.wait()
+            with lock:
+                running -= 1
+                done.append(n)
+        return run
+
+    for n in range(20):
+        threads.submit(job(n))
+    _until(lambda: running == 3)
+    go.set()
+    _until(lambda: len(done) == 20)
+    assert peak == 3
+    assert sorted(done) == list(range(20))
+    _until(lambda: threads._running == 0)  # nobody kept waiting for work
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_runs_off_loop_jobs_though_its_parents_threads_were_busy() -> None:
+    threads = _Threads(1)
+    go = threading.Event()
+    threads.submit(go.wait)  # the parent's only thread is busy
+    pid = os.fork()
+    if pid == 0:  # the child: none of the parent's threads, so its own job must still run
+        ran = threading.Event()
+        threads.submit(ran.set)
+        os._exit(0 if ran.wait(10) else 1)
+    go.set()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # ---------------------------------------------------------------------- waiters do not leak
