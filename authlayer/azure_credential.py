@@ -32,7 +32,7 @@ class AccessTokenInfo:
 
 def _info(entry: CachedToken) -> AccessTokenInfo:
     return AccessTokenInfo(entry.token.token, entry.token.expires_on, entry.token.token_type,
-                           entry.refresh_on)
+                           int(entry.refresh_on))
 
 
 class _Base:

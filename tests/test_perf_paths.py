@@ -107,3 +107,17 @@ def test_a_second_call_is_served_by_the_hot_path(
     PROVIDER.recheck_at = float("inf")  # no file check due: only a memo miss goes slow
     assert call() == first
     assert slow == []
+
+
+def test_cached_entries_keep_refresh_on_as_a_float(app_profile: Callable[..., str]) -> None:
+    """Every cached call compares refresh_on with the clock's float: float to float costs a
+    quarter of float to int, so entries hold a float, whether the token was fetched or read
+    from the token cache file (records keep integers)."""
+    fetched = app_profile("fetched")
+    stored = app_profile("stored", cache="file")
+    get_token(fetched)
+    assert [type(e.refresh_on) for e in PROVIDER.entries.values()] == [float]
+    get_token(stored)  # (the same app and scope: the same token key)
+    provider.reset()  # memory forgotten: the file's record is read again
+    get_token(stored)
+    assert [type(e.refresh_on) for e in PROVIDER.entries.values()] == [float]
