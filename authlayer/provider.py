@@ -96,7 +96,7 @@ class CachedToken(NamedTuple):
 
     @classmethod
     def from_result(cls, result: TokenResult) -> CachedToken:
-        return cls(_shared_type(result.public()), float(result.refresh_on))
+        return cls(_shared_type(result.public()), _moment(result.refresh_on))
 
     @property
     def header(self) -> str:
@@ -110,6 +110,23 @@ class CachedToken(NamedTuple):
 
 
 _BEARER = "Bearer"
+
+# Refresh times as float objects shared by every entry due in the same second: thousands of
+# tenants' entries then point at a few dozen floats, which stay in the processor's cache while
+# a cached call cycles through the tenants (one memory read fewer that misses), and take no
+# memory of their own. Bounded: past MOMENTS_KEPT seconds, new ones start a new table.
+MOMENTS_KEPT = 4096
+_MOMENTS: dict[int, float] = {}
+
+
+def _moment(seconds: int) -> float:
+    """Whole ``seconds`` as the shared float for that second."""
+    shared = _MOMENTS.get(seconds)
+    if shared is None:
+        if len(_MOMENTS) >= MOMENTS_KEPT:
+            _MOMENTS.clear()
+        shared = _MOMENTS[seconds] = float(seconds)
+    return shared
 
 
 def _shared_type(token: AccessToken) -> AccessToken:
@@ -744,7 +761,7 @@ class Provider:
         # the token serves, instead of at the moment the fallback stops.
         left = seen.token.expires_on - MIN_VALIDITY - now
         wait = max(RETRY_REFRESH_MIN, min(RETRY_REFRESH_AFTER, left / 2))
-        postponed = seen._replace(refresh_on=float(round(now + wait)))
+        postponed = seen._replace(refresh_on=_moment(round(now + wait)))
         self._keep(key, postponed)
         return postponed
 
@@ -1103,7 +1120,7 @@ def _entry_from_record(
         return None
     token_type = record.get("token_type")
     public = AccessToken(token, expires_on, token_type if isinstance(token_type, str) else "Bearer")
-    return CachedToken(_shared_type(public), float(refresh_on))
+    return CachedToken(_shared_type(public), _moment(refresh_on))
 
 
 PROVIDER = Provider()

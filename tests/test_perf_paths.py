@@ -15,6 +15,7 @@ from authlayer._log import log
 from authlayer.emulator import Emulator
 from authlayer.filecache import default_path
 from authlayer.provider import PROVIDER
+from authlayer.token import TokenResult
 
 from .conftest import Profiles
 
@@ -121,3 +122,19 @@ def test_cached_entries_keep_refresh_on_as_a_float(app_profile: Callable[..., st
     provider.reset()  # memory forgotten: the file's record is read again
     get_token(stored)
     assert [type(e.refresh_on) for e in PROVIDER.entries.values()] == [float]
+
+
+def test_entries_due_in_the_same_second_share_one_refresh_time(
+    app_profile: Callable[..., str]
+) -> None:
+    """Thousands of tenants' entries point at a few shared floats (they stay in the
+    processor's cache while a cached call cycles through the tenants)."""
+    name = app_profile("shared")
+    PROVIDER.bind(name)  # the profile's own binding, then three tenants' derived from it
+    for i in range(3):
+        binding = PROVIDER.bind(name, tenant=f"t{i}.example.com")
+        PROVIDER._keep(binding.key, provider.CachedToken.from_result(
+            TokenResult(f"token-{i}", 2_000_000_000, 1_999_990_000)))
+    times = {id(entry.refresh_on) for entry in PROVIDER.entries.values()}
+    assert len(PROVIDER.entries) == 3
+    assert len(times) == 1
