@@ -611,8 +611,8 @@ WHY = {
               "the tenant's binding and keys, the key's slot for the hot path and the call "
               "memo.",
     "import": "`from authlayer import EntraAuth` imports httpx, as httpx-auth does, plus "
-              "authlayer's own modules (the provider, the profile schema and its frozen "
-              "dataclasses: see Start-up above).",
+              "authlayer's own modules (the provider, the profile schema and its records: "
+              "see Start-up above).",
 }
 
 
