@@ -17,6 +17,8 @@ import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
+from ._record import field, record
+
 if TYPE_CHECKING:
     import httpx
 
@@ -28,81 +30,31 @@ __all__ = ["ASYNC_READY", "Action", "Call", "Flow", "Send", "Sleep", "call", "dr
 T = TypeVar("T")
 
 
-class _Action:
-    """An action: frozen, equal to one of its own class with the same :attr:`_compared` fields,
-    shown with all its fields. Written by hand rather than as dataclasses: a cached
-    ``authlayer token`` imports this module, and a dataclass costs start-up time (see
-    :mod:`authlayer._record`; this module imports nothing of authlayer but ``_http``)."""
-
-    __slots__ = ()
-    __match_args__: tuple[str, ...] = ()
-    _compared: tuple[str, ...] = ()
-
-    def _key(self) -> tuple[Any, ...]:
-        return tuple([getattr(self, name) for name in self._compared])
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return self._key() == other._key()
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__match_args__)
-        return f"{type(self).__name__}({shown})"
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        from dataclasses import FrozenInstanceError  # only when someone tries
-
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        from dataclasses import FrozenInstanceError
-
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
-
-
-class Send(_Action):
+@record
+class Send:
     """Action: make one HTTP attempt. Answered with :class:`~authlayer._http.HttpResponse` or
     :class:`~authlayer._http.ConnectionFailed`."""
 
-    __slots__ = ("request",)
-    __match_args__ = _compared = ("request",)
     request: HttpRequest
 
-    def __init__(self, request: HttpRequest) -> None:
-        object.__setattr__(self, "request", request)
 
-
-class Sleep(_Action):
+@record
+class Sleep:
     """Action: wait ``seconds`` (without blocking an event loop). Answered with ``None``.
     ``why`` says what for, in words a person reads ("waiting for the sign-in"): the command
     line shows it on a terminal while it waits (:data:`on_wait`). Two waits of the same length
     are equal, whatever their ``why``."""
 
-    __slots__ = ("seconds", "why")
-    __match_args__ = ("seconds", "why")
-    _compared = ("seconds",)
     seconds: float
-    why: str
-
-    def __init__(self, seconds: float, why: str = "") -> None:
-        object.__setattr__(self, "seconds", seconds)
-        object.__setattr__(self, "why", why)
+    why: str = field(default="", compare=False)
 
 
-class Call(_Action):
+@record
+class Call:
     """Action: run a blocking function (in a worker thread under async). Answered with its
     result; its exception is thrown into the flow."""
 
-    __slots__ = ("fn",)
-    __match_args__ = _compared = ("fn",)
     fn: Callable[[], Any]
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        object.__setattr__(self, "fn", fn)
 
 
 Action = Union[Send, Sleep, Call]
