@@ -121,7 +121,7 @@ async def middleware(auth: EntraAuth, request: ClientRequest,
     entry = binding.slot.entry
     if entry is None or PROVIDER.clock() >= entry.refresh_on:
         entry = await PROVIDER.get_async(binding, prompt=auth._prompt)
-    request.headers["Authorization"] = entry.header
+    request.headers["Authorization"] = binding.slot.header(entry)
     response = await handler(request)
     if response.status != 401 or not _replayable(request.body):
         if response.status in _REDIRECTS:

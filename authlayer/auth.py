@@ -328,9 +328,8 @@ class EntraAuth(httpx.Auth):
         scheme, host = url.scheme, url.raw_host.decode("ascii", "replace")
         return may_carry(binding, scheme, host, lambda: _httpx_proxy(scheme, host))
 
-    def _token(self, binding: Optional[Binding] = None) -> CachedToken:
+    def _token(self, binding: Binding) -> CachedToken:
         """The cached token if it is not due, else the provider's (a miss, a refresh)."""
-        binding = binding or self.binding
         entry = binding.slot.entry
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
             entry = PROVIDER.get(binding, prompt=self._prompt)
@@ -347,7 +346,7 @@ class EntraAuth(httpx.Auth):
             yield request
             return
         entry = self._token(binding)
-        request.headers["Authorization"] = entry.header
+        request.headers["Authorization"] = binding.slot.header(entry)
         response = yield request
         if not _rejected(request, response, entry):
             return
@@ -377,7 +376,7 @@ class EntraAuth(httpx.Auth):
         entry = binding.slot.entry
         if entry is None or PROVIDER.clock() >= entry.refresh_on:
             entry = await PROVIDER.get_async(binding, prompt=self._prompt)
-        request.headers["Authorization"] = entry.header
+        request.headers["Authorization"] = binding.slot.header(entry)
         response = yield request
         if not _rejected(request, response, entry):
             return
@@ -409,8 +408,9 @@ class EntraAuth(httpx.Auth):
             return middleware(self, r, handler)  # type: ignore[arg-type]
         if not r.url or not self._allowed(r.url):
             return r
-        entry = self._token()
-        r.headers["Authorization"] = entry.header
+        binding = self._binding or self.binding
+        entry = self._token(binding)
+        r.headers["Authorization"] = binding.slot.header(entry)
         body = r.body
         position: Optional[int] = None
         if body is None or isinstance(body, (bytes, str)):
