@@ -274,19 +274,12 @@ def _issue(emu: Emulator, asked: _Asked, user: User) -> Response:
 
 def _sign_in_page(emu: Emulator, asked: _Asked, nonce: str, *, account: Optional[str],
                   error: Optional[str] = None) -> Response:
-    ref = emu.state.resolve_tenant(asked.tenant_segment)
-    tenant = ref.tenant or emu.state.find_tenant(emu.tenant_id)
-    assert tenant is not None
-    app = emu.state.app(asked.client_id)
-    people = pages.people_in(emu, tenant.id)
     return pages.account_form(
-        title=f"Sign in to {app.display_name if app else 'the app'}",
+        emu, tenant_segment=asked.tenant_segment, client_id=asked.client_id,
+        scope=asked.scope, title="Sign in to {app}",
         intro="The app asks you to sign in. Accept only if you started this sign-in.",
         action=f"/{asked.tenant_segment}/oauth2/v2.0/authorize", nonce=nonce,
-        app_name=app.display_name if app else asked.client_id, client_id=asked.client_id,
-        tenant=", ".join(tenant.domains) or tenant.id, scope=asked.scope, people=people,
-        account=account if account is not None else (people[0] if people else ""),
-        yes="Accept", no="Cancel", error=error, status=400 if error else 200)
+        account=account, yes="Accept", no="Cancel", error=error)
 
 
 @route("POST", "/{tenant}/oauth2/v2.0/authorize", endpoint="authorize")

@@ -356,20 +356,12 @@ def devicelogin_form(emu: Emulator, req: Request) -> Response:
 
 def _consent(emu: Emulator, code: DeviceCode, nonce: str, *, account: Optional[str] = None,
              error: Optional[str] = None) -> Response:
-    ref = emu.state.resolve_tenant(code.tenant_segment)
-    tenant = ref.tenant or emu.state.find_tenant(emu.tenant_id)
-    assert tenant is not None
-    app = emu.state.app(code.client_id)
-    people = pages.people_in(emu, tenant.id)
     return pages.account_form(
+        emu, tenant_segment=code.tenant_segment, client_id=code.client_id, scope=code.scope,
         title="Sign in on another device",
         intro="An app on another device is signing you in. Approve only if you started "
               "this sign-in.",
-        action=_PAGE, nonce=nonce, app_name=app.display_name if app else code.client_id,
-        client_id=code.client_id, tenant=", ".join(tenant.domains) or tenant.id,
-        scope=code.scope, people=people,
-        account=account if account is not None else (people[0] if people else ""),
-        yes="Approve", no="Decline", error=error, status=400 if error else 200)
+        action=_PAGE, nonce=nonce, account=account, yes="Approve", no="Decline", error=error)
 
 
 def _answer(emu: Emulator, req: Request, user_code: str) -> Response:

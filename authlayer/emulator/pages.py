@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Optional
 
 from .wire import Request, Response, text_response
@@ -188,24 +188,33 @@ _LISTED = 5  # people named under the field; the list to choose from has them al
 
 
 def account_form(
+    emu: Emulator,
     *,
+    tenant_segment: str,
+    client_id: str,
+    scope: str,
     title: str,
     intro: str,
     action: str,
     nonce: str,
-    app_name: str,
-    client_id: str,
-    tenant: str,
-    scope: str,
-    people: Sequence[str],
-    account: str,
+    account: Optional[str],
     yes: str,
     no: str,
     error: Optional[str] = None,
-    status: int = 200,
 ) -> Response:
-    """Sign in and consent on one page: who signs in (choose a known person or type a name),
-    what the app asks for, and two buttons; Enter means ``yes``."""
+    """Sign in and consent on one page: who signs in (choose one of the tenant's people, the
+    first by default, or type a name), what the app asks for, and two buttons; Enter means
+    ``yes``. ``title`` may name the app as ``{app}``. A page with an ``error`` is a 400."""
+    ref = emu.state.resolve_tenant(tenant_segment)
+    found = ref.tenant or emu.state.find_tenant(emu.tenant_id)
+    assert found is not None
+    app = emu.state.app(client_id)
+    people = people_in(emu, found.id)
+    title = title.format(app=app.display_name if app else "the app")
+    app_name = app.display_name if app else client_id
+    tenant = ", ".join(found.domains) or found.id
+    if account is None:
+        account = people[0] if people else ""
     listed = "".join(f'<option value="{esc(p)}"></option>' for p in people)
     shown = ", ".join(f"<span>{esc(p)}</span>" for p in people[:_LISTED]) + (
         f" and {len(people) - _LISTED} more" if len(people) > _LISTED else "")
@@ -235,7 +244,7 @@ def account_form(
         f"{esc(no)}</button>\n"
         "</div>\n</form>"
     )
-    return page(title, body, status=status)
+    return page(title, body, status=400 if error else 200)
 
 
 class PageNonces:
