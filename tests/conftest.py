@@ -5,6 +5,7 @@ requests, httpx.Client, httpx.AsyncClient and an aiohttp.ClientSession."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import textwrap
 import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -298,6 +300,51 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@contextlib.contextmanager
+def local_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
+    """A loopback HTTP server answering with ``handler``, its ``seen`` list empty, for the
+    length of the ``with`` block."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.seen = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class ProxyRecorder(BaseHTTPRequestHandler):
+    """A proxy that records what it is sent (the target and the headers, in the server's
+    ``seen``) and answers 200 itself (forwards nothing)."""
+
+    def _any(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.server.seen.append({"target": self.path,  # type: ignore[attr-defined]
+                                 **{k.lower(): v for k, v in self.headers.items()}})
+        body = b"from the proxy"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = _any
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def proxy() -> Iterator[ThreadingHTTPServer]:
+    """A recording proxy on loopback (:class:`ProxyRecorder`)."""
+    with local_server(ProxyRecorder) as server:
+        yield server
 
 
 def until(condition: Callable[[], bool]) -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from authlayer import ConfigError, EntraAuth, get_token
 from authlayer.emulator import Emulator
 
-from .conftest import Client, release_when, waiting_callers
+from .conftest import Client, local_server, release_when, waiting_callers
 from .test_concurrency import _ticks_while
 
 
@@ -220,36 +219,6 @@ def test_a_pipe_body_is_not_resent(emu: Emulator, revoked: EntraAuth) -> None:
 # ------------------------------------------------------------------ proxies
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    """A proxy that records what it is sent and answers 200 itself (forwards nothing)."""
-
-    def do_GET(self) -> None:
-        self.server.seen.append({"target": self.path,  # type: ignore[attr-defined]
-                                 **{k.lower(): v for k, v in self.headers.items()}})
-        body = b"from the proxy"
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def proxy() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    server.seen = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 def test_a_proxy_given_in_code_gets_no_loopback_http_token(
         emu: Emulator, cc_profile: str, proxy: ThreadingHTTPServer,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -316,16 +285,8 @@ class _Redirector(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def redirector() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirector)
-    server.seen = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with local_server(_Redirector) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def _base(server: ThreadingHTTPServer, host: str = "127.0.0.1") -> str:

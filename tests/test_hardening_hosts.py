@@ -8,10 +8,8 @@ import copy
 import json
 import logging
 import pickle
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from http.server import ThreadingHTTPServer
+from typing import Callable
 
 import httpx
 import pytest
@@ -148,43 +146,6 @@ def test_a_huge_error_description_gives_a_short_message() -> None:
 
 
 # ------------------------------------------------------------------ item 2: proxies
-
-
-class _Recorder(BaseHTTPRequestHandler):
-    """A proxy that records what it is sent and answers 200 itself (forwards nothing)."""
-
-    seen: list[dict[str, str]]
-
-    def _any(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
-        self.server.seen.append({"target": self.path,  # type: ignore[attr-defined]
-                                 **{k.lower(): v for k, v in self.headers.items()}})
-        body = b"from the proxy"
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = _any
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def proxy() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    server.seen = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
