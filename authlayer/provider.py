@@ -404,14 +404,24 @@ def _environ_reader() -> tuple[Callable[[Any], Any], Any, Any]:
 
 
 _env_get, _ENV_PROFILE, _ENV_CONFIG = _environ_reader()
+_NO_CONFIG = object()  # in a memo key: no config argument, and no $AUTHLAYER_CONFIG
 
 
 def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Optional[str],
           user_assertion: Optional[str]) -> tuple[Any, ...]:
     """A call's memo key: its own arguments, and the environment variables that stand in for
     the ones not given; a call without overrides (the common one) has a shorter key, cheaper
-    to hash. Keys of each kind have their own length, so they never collide. The hot path
-    builds the same tuple inline."""
+    to hash. The hot path builds the same tuple inline.
+
+    Keys of each kind have their own length, so they never collide, but for one: a call with
+    overrides and a profile has ``(profile, config, scope, tenant, user_assertion)``, where
+    ``$AUTHLAYER_CONFIG`` (its raw value) stands in for a missing ``config``, or
+    :data:`_NO_CONFIG` when it is unset or empty. Equal keys of the two then name the same
+    file, as ``config`` and the variable are read alike (a raw POSIX value is bytes, and
+    equals no ``str``). Not a seven-item tuple like the others with the environment in them:
+    thousands of tenants' keys of five items sit in the allocator's 80-byte blocks, among the
+    other objects the hot path reads, where seven would sit among objects it does not read
+    and cost a 50,000-tenant cycle 100 ns more per call (benchmarks/bench_cliffs.py)."""
     if scope is not None and not isinstance(scope, str):
         scope = tuple(scope)
     if scope is None and tenant is None and user_assertion is None:
@@ -419,10 +429,11 @@ def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Opti
             return (profile, config, _env_get(_ENV_PROFILE) if profile is None else None,
                     _env_get(_ENV_CONFIG) if config is None else None)
         return (profile, config)
-    if profile is None or config is None:
-        return (profile, config, scope, tenant, user_assertion,
-                _env_get(_ENV_PROFILE) if profile is None else None,
+    if profile is None:
+        return (None, config, scope, tenant, user_assertion, _env_get(_ENV_PROFILE),
                 _env_get(_ENV_CONFIG) if config is None else None)
+    if config is None:  # $AUTHLAYER_CONFIG stands where the argument would
+        return (profile, _env_get(_ENV_CONFIG) or _NO_CONFIG, scope, tenant, user_assertion)
     return (profile, config, scope, tenant, user_assertion)
 
 
@@ -1184,10 +1195,11 @@ def get_token(
             args = (None, config, _env_get(_ENV_PROFILE), None)
         else:
             args = (profile, config)
-    elif profile is None or config is None:
-        args = (profile, config, scope, tenant, user_assertion,
-                _env_get(_ENV_PROFILE) if profile is None else None,
+    elif profile is None:
+        args = (None, config, scope, tenant, user_assertion, _env_get(_ENV_PROFILE),
                 _env_get(_ENV_CONFIG) if config is None else None)
+    elif config is None:
+        args = (profile, _env_get(_ENV_CONFIG) or _NO_CONFIG, scope, tenant, user_assertion)
     else:
         args = (profile, config, scope, tenant, user_assertion)
     if not force_refresh:
