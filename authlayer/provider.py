@@ -413,15 +413,19 @@ def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Opti
     the ones not given; a call without overrides (the common one) has a shorter key, cheaper
     to hash. The hot path builds the same tuple inline.
 
-    Keys of each kind have their own length, so they never collide, but for one: a call with
-    overrides and a profile has ``(profile, config, scope, tenant, user_assertion)``, where
-    ``$AUTHLAYER_CONFIG`` (its raw value) stands in for a missing ``config``, or
-    :data:`_NO_CONFIG` when it is unset or empty. Equal keys of the two then name the same
-    file, as ``config`` and the variable are read alike (a raw POSIX value is bytes, and
-    equals no ``str``). Not a seven-item tuple like the others with the environment in them:
-    thousands of tenants' keys of five items sit in the allocator's 80-byte blocks, among the
-    other objects the hot path reads, where seven would sit among objects it does not read
-    and cost a 50,000-tenant cycle 100 ns more per call (benchmarks/bench_cliffs.py)."""
+    Keys of each kind have their own length, so they never collide, but for two of five
+    items: a call with overrides and a profile has ``(profile, config, scope, tenant,
+    user_assertion)``, or without ``config`` ``(profile, scope, tenant, user_assertion,
+    $AUTHLAYER_CONFIG)``: the variable's raw value (bytes on POSIX, which equal no ``str``),
+    or :data:`_NO_CONFIG` when it is unset or empty, equal to nothing a caller passes. For a
+    key of one to equal a key of the other, a scope would have to equal the file's path, a
+    tenant a scope, a user assertion a tenant, and the variable a user assertion. Not seven
+    items like the other keys with the environment in them: thousands of tenants' keys of
+    five items sit in the allocator's 80-byte blocks, among objects the hot path reads, where
+    seven would sit among objects it does not read and cost a 50,000-tenant cycle 100 ns more
+    per call (benchmarks/bench_cliffs.py). (The variable is not put where ``config`` is: a
+    path's ``str`` and its POSIX bytes hash alike, and comparing the two keys would raise
+    ``BytesWarning`` under ``python -bb``.)"""
     if scope is not None and not isinstance(scope, str):
         scope = tuple(scope)
     if scope is None and tenant is None and user_assertion is None:
@@ -432,8 +436,8 @@ def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Opti
     if profile is None:
         return (None, config, scope, tenant, user_assertion, _env_get(_ENV_PROFILE),
                 _env_get(_ENV_CONFIG) if config is None else None)
-    if config is None:  # $AUTHLAYER_CONFIG stands where the argument would
-        return (profile, _env_get(_ENV_CONFIG) or _NO_CONFIG, scope, tenant, user_assertion)
+    if config is None:
+        return (profile, scope, tenant, user_assertion, _env_get(_ENV_CONFIG) or _NO_CONFIG)
     return (profile, config, scope, tenant, user_assertion)
 
 
@@ -1199,7 +1203,7 @@ def get_token(
         args = (None, config, scope, tenant, user_assertion, _env_get(_ENV_PROFILE),
                 _env_get(_ENV_CONFIG) if config is None else None)
     elif config is None:
-        args = (profile, _env_get(_ENV_CONFIG) or _NO_CONFIG, scope, tenant, user_assertion)
+        args = (profile, scope, tenant, user_assertion, _env_get(_ENV_CONFIG) or _NO_CONFIG)
     else:
         args = (profile, config, scope, tenant, user_assertion)
     if not force_refresh:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -121,8 +122,8 @@ def test_a_tenant_call_has_a_five_item_key_whatever_names_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``get_token(name, tenant=...)`` with the file from $AUTHLAYER_CONFIG (the README's form)
-    or from the default location has the five-item key of ``config=`` given, the variable's
-    value standing in for the argument: seven items put 50,000 tenants' keys among objects the
+    or from the default location has a five-item key, as with ``config=`` given, the
+    variable's value (or a sentinel) last: seven items put 50,000 tenants' keys among objects the
     hot path does not read, 100 ns more per call (benchmarks/bench_cliffs.py). An empty
     variable means the default location, as when it is unset; a ``config=""`` is still refused
     after it served a token."""
@@ -138,13 +139,30 @@ def test_a_tenant_call_has_a_five_item_key_whatever_names_the_file(
     first = get_token(name, tenant=emu.tenant_id)
     (key,) = [args for args in PROVIDER._memo if emu.tenant_id in args]
     assert len(key) == 5
-    assert (key[1] is provider._NO_CONFIG) == (variable != "the file")
+    assert (key[4] is provider._NO_CONFIG) == (variable != "the file")
     PROVIDER.recheck_at = float("inf")
     with monkeypatch.context() as patched:
         patched.setattr(PROVIDER, "check_files", lambda: pytest.fail("took the slow path"))
         assert get_token(name, tenant=emu.tenant_id) == first
     with pytest.raises(ConfigError, match="the config argument is empty"):
         get_token(name, config="", tenant=emu.tenant_id)
+
+
+def test_the_two_forms_of_a_tenant_key_never_compare_a_path_with_its_bytes() -> None:
+    """With the file given as ``config="/x/p.toml"`` and read from $AUTHLAYER_CONFIG (raw:
+    ``b"/x/p.toml"``, which hashes as the str does), the two calls' keys hash apart: were
+    they compared, ``python -bb`` would raise BytesWarning out of get_token."""
+    code = (
+        "import os\n"
+        "os.environ['AUTHLAYER_CONFIG'] = '/x/p.toml'\n"
+        "from authlayer.provider import _args\n"
+        "memo = {_args('a', '/x/p.toml', None, 't', None): 'given'}\n"
+        "print(memo.get(_args('a', None, None, 't', None)), hash(next(iter(memo)))"
+        " == hash(_args('a', None, None, 't', None)))\n"
+    )
+    done = subprocess.run([sys.executable, "-bb", "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "None False\n", "")
 
 
 def test_cached_entries_keep_refresh_on_as_a_float(app_profile: Callable[..., str]) -> None:
