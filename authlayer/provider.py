@@ -404,7 +404,38 @@ def _environ_reader() -> tuple[Callable[[Any], Any], Any, Any]:
 
 
 _env_get, _ENV_PROFILE, _ENV_CONFIG = _environ_reader()
-_NO_CONFIG = object()  # in a memo key: no config argument, and no $AUTHLAYER_CONFIG
+
+
+class _ConfigFromEnv:
+    """In a memo key, where ``config`` would be: ``$AUTHLAYER_CONFIG``'s raw value. One object
+    per value (:func:`_config_mark`), equal only to itself and hashed by identity, so that it
+    never equals, nor is ever compared with, anything a caller passes."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"<$AUTHLAYER_CONFIG {self.raw!r}>"
+
+
+_NO_CONFIG = _ConfigFromEnv(None)  # unset or empty: the default location
+_CONFIG_MARKS: dict[Any, _ConfigFromEnv] = {None: _NO_CONFIG}
+_config_mark_get = _CONFIG_MARKS.get  # the hot path's read: None for a value not seen yet
+CONFIG_MARKS_KEPT = 64
+
+
+def _config_mark(raw: Any) -> _ConfigFromEnv:
+    """The mark of a raw value of ``$AUTHLAYER_CONFIG`` (the slow path makes it; the hot path
+    only reads it, and misses until then)."""
+    mark = _CONFIG_MARKS.get(raw)
+    if mark is None:
+        if len(_CONFIG_MARKS) >= CONFIG_MARKS_KEPT:  # a process that keeps changing it
+            _CONFIG_MARKS.clear()
+            _CONFIG_MARKS[None] = _NO_CONFIG
+        mark = _CONFIG_MARKS.setdefault(raw, _ConfigFromEnv(raw) if raw else _NO_CONFIG)
+    return mark
 
 
 def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Optional[str],
@@ -413,19 +444,16 @@ def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Opti
     the ones not given; a call without overrides (the common one) has a shorter key, cheaper
     to hash. The hot path builds the same tuple inline.
 
-    Keys of each kind have their own length, so they never collide, but for two of five
-    items: a call with overrides and a profile has ``(profile, config, scope, tenant,
-    user_assertion)``, or without ``config`` ``(profile, scope, tenant, user_assertion,
-    $AUTHLAYER_CONFIG)``: the variable's raw value (bytes on POSIX, which equal no ``str``),
-    or :data:`_NO_CONFIG` when it is unset or empty, equal to nothing a caller passes. For a
-    key of one to equal a key of the other, a scope would have to equal the file's path, a
-    tenant a scope, a user assertion a tenant, and the variable a user assertion. Not seven
-    items like the other keys with the environment in them: thousands of tenants' keys of
-    five items sit in the allocator's 80-byte blocks, among objects the hot path reads, where
-    seven would sit among objects it does not read and cost a 50,000-tenant cycle 100 ns more
-    per call (benchmarks/bench_cliffs.py). (The variable is not put where ``config`` is: a
-    path's ``str`` and its POSIX bytes hash alike, and comparing the two keys would raise
-    ``BytesWarning`` under ``python -bb``.)"""
+    Keys of each kind have their own length or, for the two of five items, their own type
+    in the second place, so they never collide: a call with overrides and a profile has
+    ``(profile, config, scope, tenant, user_assertion)``, where a missing ``config`` is
+    ``$AUTHLAYER_CONFIG``'s mark (:class:`_ConfigFromEnv`). Not seven items like the other
+    keys with the environment in them: thousands of tenants' keys of five items sit in the
+    allocator's 80-byte blocks, among objects the hot path reads, where seven would sit among
+    objects it does not read and cost a 50,000-tenant cycle 100 ns more per call
+    (benchmarks/bench_cliffs.py). Not the variable's raw value: where it is a ``str`` it could
+    equal a caller's argument, and POSIX ``bytes`` hash as the path's ``str`` does, so that a
+    dict compares the two (``BytesWarning`` under ``python -bb``)."""
     if scope is not None and not isinstance(scope, str):
         scope = tuple(scope)
     if scope is None and tenant is None and user_assertion is None:
@@ -437,7 +465,7 @@ def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Opti
         return (None, config, scope, tenant, user_assertion, _env_get(_ENV_PROFILE),
                 _env_get(_ENV_CONFIG) if config is None else None)
     if config is None:
-        return (profile, scope, tenant, user_assertion, _env_get(_ENV_CONFIG) or _NO_CONFIG)
+        return (profile, _config_mark(_env_get(_ENV_CONFIG)), scope, tenant, user_assertion)
     return (profile, config, scope, tenant, user_assertion)
 
 
@@ -1203,7 +1231,8 @@ def get_token(
         args = (None, config, scope, tenant, user_assertion, _env_get(_ENV_PROFILE),
                 _env_get(_ENV_CONFIG) if config is None else None)
     elif config is None:
-        args = (profile, scope, tenant, user_assertion, _env_get(_ENV_CONFIG) or _NO_CONFIG)
+        args = (profile, _config_mark_get(_env_get(_ENV_CONFIG)), scope, tenant,
+                user_assertion)
     else:
         args = (profile, config, scope, tenant, user_assertion)
     if not force_refresh:

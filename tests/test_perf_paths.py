@@ -17,6 +17,7 @@ from authlayer import ConfigError, EntraAuth, get_token, provider
 from authlayer._log import log
 from authlayer.emulator import Emulator
 from authlayer.filecache import default_path
+from authlayer.jwt import decode
 from authlayer.provider import PROVIDER
 from authlayer.token import TokenResult
 
@@ -123,8 +124,8 @@ def test_a_tenant_call_has_a_five_item_key_whatever_names_the_file(
 ) -> None:
     """``get_token(name, tenant=...)`` with the file from $AUTHLAYER_CONFIG (the README's form)
     or from the default location has a five-item key, as with ``config=`` given, the
-    variable's value (or a sentinel) last: seven items put 50,000 tenants' keys among objects the
-    hot path does not read, 100 ns more per call (benchmarks/bench_cliffs.py). An empty
+    variable's mark where ``config`` would be: seven items put 50,000 tenants' keys among
+    objects the hot path does not read, 100 ns more per call (benchmarks/bench_cliffs.py). An empty
     variable means the default location, as when it is unset; a ``config=""`` is still refused
     after it served a token."""
     name = app_profile("five")
@@ -139,7 +140,7 @@ def test_a_tenant_call_has_a_five_item_key_whatever_names_the_file(
     first = get_token(name, tenant=emu.tenant_id)
     (key,) = [args for args in PROVIDER._memo if emu.tenant_id in args]
     assert len(key) == 5
-    assert (key[4] is provider._NO_CONFIG) == (variable != "the file")
+    assert (key[1] is provider._NO_CONFIG) == (variable != "the file")
     PROVIDER.recheck_at = float("inf")
     with monkeypatch.context() as patched:
         patched.setattr(PROVIDER, "check_files", lambda: pytest.fail("took the slow path"))
@@ -163,6 +164,59 @@ def test_the_two_forms_of_a_tenant_key_never_compare_a_path_with_its_bytes() -> 
     done = subprocess.run([sys.executable, "-bb", "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)
     assert (done.returncode, done.stdout, done.stderr) == (0, "None False\n", "")
+
+
+@pytest.mark.parametrize("reader", ["raw", "str"])
+def test_a_tenant_key_from_the_environment_equals_no_key_with_config_given(
+    reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The variable's value is never compared with a caller's arguments: not where POSIX
+    gives bytes (``raw``), nor where the environment gives a ``str`` (``str``, as on
+    Windows), where a key that held the value itself could equal another call's whose
+    arguments happen to match it."""
+    if reader == "str":
+        monkeypatch.setattr(provider, "_env_get", os.environ.get)
+        monkeypatch.setattr(provider, "_ENV_CONFIG", "AUTHLAYER_CONFIG")
+    monkeypatch.setenv("AUTHLAYER_CONFIG", "/x/p.toml")
+    from_env = provider._args("a", None, "a", "u", None)
+    assert from_env == provider._args("a", None, "a", "u", None)  # one mark per value
+    assert from_env not in {provider._args("a", "a", None, "u", "/x/p.toml"),
+                            provider._args("a", "/x/p.toml", "a", "u", None),
+                            provider._args("a", "a", "u", None, "/x/p.toml")}
+    monkeypatch.setenv("AUTHLAYER_CONFIG", "")  # the default location, as when unset
+    assert provider._args("a", None, "a", "u", None)[1] is provider._NO_CONFIG
+
+
+def test_a_tenant_call_follows_the_variable_as_it_changes(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One profile name in three files, each for another app: as $AUTHLAYER_CONFIG is set,
+    changed, emptied and set back in one process, ``get_token("p", tenant=...)`` serves each
+    file's own token from the memo, never another's (no file check due to help it)."""
+    def write(path: Path) -> str:
+        app = emu.register_app(secret="s")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f'[profiles.p]\nflow = "client_credentials"\nauthority = "{emu.url}"\n'
+            f'tenant = "{emu.tenant_id}"\nclient_id = "{app.client_id}"\n'
+            f'client_secret = "s"\nscope = "{emu.api_scope}"\n', encoding="utf-8")
+        return str(app.client_id)
+
+    one, two = tmp_path / "one.toml", tmp_path / "two.toml"
+    default = tmp_path / "xdg" / "authlayer" / "profiles.toml"
+    apps = {str(one): write(one), str(two): write(two), "": write(default)}
+
+    def token_for(value: str) -> str:
+        monkeypatch.setenv("AUTHLAYER_CONFIG", value)
+        token = get_token("p", tenant=emu.tenant_id).token
+        assert decode(token)[1].get("appid", decode(token)[1].get("azp")) == apps[value]
+        PROVIDER.recheck_at = float("inf")
+        return token
+
+    first = [token_for(value) for value in (str(one), str(two), "")]
+    assert len(set(first)) == 3
+    assert [token_for(value) for value in ("", str(two), str(one))] == first[::-1]
+    assert emu.count("token") == 3
 
 
 def test_cached_entries_keep_refresh_on_as_a_float(app_profile: Callable[..., str]) -> None:
