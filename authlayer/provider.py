@@ -464,8 +464,10 @@ def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Opti
     if profile is None:
         return (None, config, scope, tenant, user_assertion, _env_get(_ENV_PROFILE),
                 _env_get(_ENV_CONFIG) if config is None else None)
-    if config is None:
-        return (profile, _config_mark(_env_get(_ENV_CONFIG)), scope, tenant, user_assertion)
+    if config is None:  # (the async hot path comes here: a mark seen is one dict read)
+        raw = _env_get(_ENV_CONFIG)
+        return (profile, _config_mark_get(raw) or _config_mark(raw), scope, tenant,
+                user_assertion)
     return (profile, config, scope, tenant, user_assertion)
 
 
