@@ -407,9 +407,9 @@ _env_get, _ENV_PROFILE, _ENV_CONFIG = _environ_reader()
 
 
 class _ConfigFromEnv:
-    """In a memo key, where ``config`` would be: ``$AUTHLAYER_CONFIG``'s raw value. One object
-    per value (:func:`_config_mark`), equal only to itself and hashed by identity, so that it
-    never equals, nor is ever compared with, anything a caller passes."""
+    """In a memo key, where ``config`` would be, standing for ``$AUTHLAYER_CONFIG``'s raw
+    value: one object per value (:func:`_config_mark`), equal only to itself and hashed by
+    identity, so that it never equals, nor is ever compared with, anything a caller passes."""
 
     __slots__ = ("raw",)
 
