@@ -3,6 +3,7 @@ what it did (the costs themselves are measured in benchmarks/, never timed here)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import subprocess
@@ -217,6 +218,48 @@ def test_a_tenant_call_follows_the_variable_as_it_changes(
     assert len(set(first)) == 3
     assert [token_for(value) for value in ("", str(two), str(one))] == first[::-1]
     assert emu.count("token") == 3
+
+
+@pytest.mark.parametrize("reader", ["raw", "str"])
+def test_get_tokens_inline_key_is_args_key_for_every_kind_of_call(
+    reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every combination of given and missing arguments, with the variables unset, empty and
+    set: the key get_token builds inline is the one ``_args`` stores (the slow path, run
+    first, makes a new value's mark; until then the hot path misses, as it should)."""
+    if reader == "str":  # as where the environment gives str (Windows)
+        monkeypatch.setattr(provider, "_env_get", os.environ.get)
+        monkeypatch.setattr(provider, "_ENV_PROFILE", "AUTHLAYER_PROFILE")
+        monkeypatch.setattr(provider, "_ENV_CONFIG", "AUTHLAYER_CONFIG")
+    built: list[tuple[object, ...]] = []
+
+    class Built(Exception):
+        pass
+
+    def capture(args: tuple[object, ...]) -> None:
+        built.append(args)
+        raise Built
+
+    monkeypatch.setattr(provider, "_memo_get", capture)
+    mismatches = []
+    for variables in itertools.product([None, "", "q"], [None, "", "/x/p.toml", "a"]):
+        for name, value in zip(("AUTHLAYER_PROFILE", "AUTHLAYER_CONFIG"), variables):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        for call in itertools.product([None, "a"], [None, "a", "/x/p.toml", Path("/x/p.toml")],
+                                      [None, "a", ("s1", "s2")], [None, "u", "a"],
+                                      [None, "a", "t"]):
+            stored = provider._args(*call)
+            built.clear()
+            profile, config, scope, tenant, user_assertion = call
+            with pytest.raises(Built):
+                get_token(profile, config=config, scope=scope, tenant=tenant,
+                          user_assertion=user_assertion)
+            if built != [stored]:
+                mismatches.append((variables, call, built, stored))
+    assert mismatches == []
 
 
 def test_cached_entries_keep_refresh_on_as_a_float(app_profile: Callable[..., str]) -> None:
