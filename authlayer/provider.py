@@ -408,7 +408,7 @@ _env_get, _ENV_PROFILE, _ENV_CONFIG = _environ_reader()
 
 class _ConfigFromEnv:
     """In a memo key, where ``config`` would be, standing for ``$AUTHLAYER_CONFIG``'s raw
-    value: one object per value (:func:`_config_mark`), equal only to itself and hashed by
+    value: one object per value (:func:`_new_config_mark`), equal only to itself and hashed by
     identity, so that it never equals, nor is ever compared with, anything a caller passes."""
 
     __slots__ = ("raw",)
@@ -426,16 +426,14 @@ _config_mark_get = _CONFIG_MARKS.get  # the hot path's read: None for a value no
 CONFIG_MARKS_KEPT = 64
 
 
-def _config_mark(raw: Any) -> _ConfigFromEnv:
-    """The mark of a raw value of ``$AUTHLAYER_CONFIG`` (the slow path makes it; the hot path
-    only reads it, and misses until then)."""
-    mark = _CONFIG_MARKS.get(raw)
-    if mark is None:
-        if len(_CONFIG_MARKS) >= CONFIG_MARKS_KEPT:  # a process that keeps changing it
-            _CONFIG_MARKS.clear()
-            _CONFIG_MARKS[None] = _NO_CONFIG
-        mark = _CONFIG_MARKS.setdefault(raw, _ConfigFromEnv(raw) if raw else _NO_CONFIG)
-    return mark
+def _new_config_mark(raw: Any) -> _ConfigFromEnv:
+    """The mark of a raw value of ``$AUTHLAYER_CONFIG`` not seen yet (the slow path makes it;
+    the hot path only reads :data:`_CONFIG_MARKS`, and misses until then)."""
+    if len(_CONFIG_MARKS) >= CONFIG_MARKS_KEPT:  # a process that keeps changing it
+        _CONFIG_MARKS.clear()
+        _CONFIG_MARKS[None] = _NO_CONFIG
+    # (setdefault: two threads meeting a new value both get the one mark)
+    return _CONFIG_MARKS.setdefault(raw, _ConfigFromEnv(raw) if raw else _NO_CONFIG)
 
 
 def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Optional[str],
@@ -466,7 +464,7 @@ def _args(profile: Optional[str], config: PathArg, scope: ScopeArg, tenant: Opti
                 _env_get(_ENV_CONFIG) if config is None else None)
     if config is None:  # (the async hot path comes here: a mark seen is one dict read)
         raw = _env_get(_ENV_CONFIG)
-        return (profile, _config_mark_get(raw) or _config_mark(raw), scope, tenant,
+        return (profile, _config_mark_get(raw) or _new_config_mark(raw), scope, tenant,
                 user_assertion)
     return (profile, config, scope, tenant, user_assertion)
 
